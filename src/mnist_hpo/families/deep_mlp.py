@@ -1,0 +1,38 @@
+"""deep_mlp: the course report's DeepNetwork, two or more hidden ReLU layers (part 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mnist_hpo.space import Hyper
+
+SUMMARY = "784->w0->...->10 with ReLU; samples depth (2-4), each width and dropout"
+
+
+@dataclass(frozen=True)
+class Config:
+    widths: tuple[int, ...]  # hidden layer widths, input side first
+    dropout: float  # dropout after every hidden activation (0 = none)
+
+
+def sample(hp: Hyper) -> Config:
+    # The report tried 2 and 3 layers; 4 lets the search say whether depth still pays.
+    n_layers = hp.int("n_layers", 2, 4, limits=(2, 8))
+    widths = tuple(
+        hp.int(f"width_{i}", 32, 1024, log=True, limits=(1, 8192)) for i in range(n_layers)
+    )
+    return Config(widths=widths, dropout=hp.float("dropout", 0.0, 0.5, limits=(0.0, 0.9)))
+
+
+def build(cfg: Config) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = 28 * 28
+    for width in cfg.widths:
+        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        if cfg.dropout > 0:
+            layers.append(nn.Dropout(cfg.dropout))
+        fan_in = width
+    layers.append(nn.Linear(fan_in, 10))
+    return nn.Sequential(*layers)

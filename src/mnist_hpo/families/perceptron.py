@@ -1,0 +1,24 @@
+"""perceptron: a single linear layer, 784 -> 10 (course report, part 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mnist_hpo.space import Hyper
+
+SUMMARY = "linear 784->10; only the training hyperparameters are searched"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Nothing to sample: the architecture is fixed."""
+
+
+def sample(hp: Hyper) -> Config:
+    return Config()
+
+
+def build(cfg: Config) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))

@@ -1,0 +1,178 @@
+"""A worker: pulls trials of one study from storage until the study's budget is spent.
+
+Any number of workers, on any number of machines, can run the same study: all they share is the
+storage URL and the study name. The spec, the sampler and pruner settings and the data's
+fingerprint all come from the study itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist_hpo import data as data_mod
+from mnist_hpo import study as study_mod
+from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.events import Listener, Note, TrialFinished, ignore
+from mnist_hpo.objective import Objective
+
+POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
+
+
+@dataclass(frozen=True)
+class WorkOptions:
+    n_trials: int | None = None  # this worker's own limit; None = until the study's budget
+    timeout: float | None = None  # seconds; no new trial starts after this
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    threads: int | None = None  # torch CPU threads for this process; None = torch's default
+    data_dir: Path | None = None  # explicit MNIST location (else cache, then download)
+    download: bool = True  # allow downloading MNIST into the cache
+    wait: bool = True  # when the budget is spent, wait for trials still running elsewhere
+
+
+@dataclass
+class WorkSummary:
+    states: dict[str, int] = field(default_factory=dict)  # this worker's trials by final state
+    seconds: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def trials(self) -> int:
+        return sum(self.states.values())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HpoError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HpoError(
+                f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; pick cuda:0.."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise HpoError(f"--device {name}: Apple MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check_data(study: optuna.Study, raw: data_mod.RawData) -> None:
+    """Record the data's fingerprint with the study, or insist this worker has the same data."""
+    mine = {"kind": raw.kind, "fingerprint": raw.fingerprint, "source": raw.source}
+    recorded = study.user_attrs.get(study_mod.DATA_ATTR)
+    if recorded is None:
+        study.set_user_attr(study_mod.DATA_ATTR, mine)
+    elif recorded["fingerprint"] != raw.fingerprint:
+        raise HpoError(
+            f"study {study.study_name!r} was run on other data ({recorded['source']}) than this "
+            f"worker found ({raw.source}); point MNIST_HPO_DATA at the same files"
+        )
+
+
+def run(
+    storage_url: str,
+    study_name: str,
+    options: WorkOptions = WorkOptions(),
+    *,
+    listener: Listener = ignore,
+    download_progress: data_mod.Progress | None = None,
+) -> WorkSummary:
+    """Run trials until the study's budget is spent (or this worker's own limit is hit)."""
+    started = time.monotonic()
+    device = resolve_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    storage = study_mod.open_storage(storage_url, must_exist=True)
+    study, spec = study_mod.load(storage, study_name)
+
+    def message(text: str) -> None:
+        listener(Note(text))
+
+    raw = data_mod.load(
+        spec.dataset,
+        options.data_dir,
+        download=options.download,
+        message=message,
+        progress=download_progress,
+    )
+    check_data(study, raw)
+    listener(Note(f"data: {raw.source}"))
+    split = data_mod.split(
+        raw, validation_size=spec.validation_size, train_size=spec.train_size, device=device
+    )
+    listener(
+        Note(
+            f"study {spec.name}: {spec.family}, {spec.epochs} epochs/trial, budget "
+            f"{spec.budget()} trials; {len(split.train_x):,} train / {len(split.val_x):,} "
+            f"validation / {len(split.test_x):,} test images on {device}"
+        )
+    )
+    objective = Objective(spec, split, listener=listener)
+    summary = WorkSummary()
+
+    def finished(study: optuna.Study, t: FrozenTrial) -> None:
+        summary.states[t.state.name] = summary.states.get(t.state.name, 0) + 1
+        best = study_mod.best_trial(study)
+        steps = sorted(t.intermediate_values)
+        seconds = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else 0.0
+        )
+        listener(
+            TrialFinished(
+                number=t.number,
+                state=t.state.name,
+                val_accuracy=t.value
+                if t.value is not None
+                else (t.intermediate_values[steps[-1]] if steps else None),
+                test_accuracy=t.user_attrs.get("test_accuracy")
+                if t.state == TrialState.COMPLETE
+                else None,
+                epochs=len(steps),
+                seconds=seconds,
+                best_val=best.value if best else None,
+            )
+        )
+
+    waiting_noted = False
+    while True:
+        if options.n_trials is not None and summary.trials >= options.n_trials:
+            summary.stop_reason = f"ran the {options.n_trials} trial(s) asked of this worker"
+            break
+        if options.timeout is not None and time.monotonic() - started >= options.timeout:
+            summary.stop_reason = f"timeout of {options.timeout:g} s reached"
+            break
+        study_mod.fail_stale(study)
+        p = study_mod.progress(study, spec)
+        if not p.counts.get("WAITING") and p.spent >= p.budget:
+            running = p.counts.get("RUNNING", 0)
+            if running and options.wait:
+                if not waiting_noted:
+                    listener(
+                        Note(
+                            f"budget of {p.budget} trials is spent; waiting for {running} trial(s) "
+                            "running on other workers (a dead worker's trial is retried here)"
+                        )
+                    )
+                    waiting_noted = True
+                time.sleep(POLL)
+                continue
+            summary.stop_reason = f"the study's budget of {p.budget} trials is spent"
+            break
+        study.optimize(objective, n_trials=1, callbacks=[finished])
+    summary.seconds = time.monotonic() - started
+    return summary

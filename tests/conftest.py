@@ -1,0 +1,111 @@
+"""Shared fixtures: the real MNIST files, a throwaway PostgreSQL database, small real-data specs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _mnist_dir() -> Path | None:
+    candidates = [os.environ.get("MNIST_HPO_TEST_DATA", "")]
+    candidates += [str(ROOT.parent / "shared" / "data" / "mnist"), "/work/shared/data/mnist"]
+    for c in candidates:
+        if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The four official MNIST files (set MNIST_HPO_TEST_DATA to their folder)."""
+    found = _mnist_dir()
+    if found is None:
+        msg = "real MNIST not found: set MNIST_HPO_TEST_DATA to a folder with the 4 IDX .gz files"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return found
+
+
+@pytest.fixture(scope="session")
+def raw_mnist(mnist_dir: Path):  # type: ignore[no-untyped-def]
+    from mnist_hpo import data
+
+    return data.load_dir(mnist_dir)
+
+
+PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}: {e}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"mnist_hpo_test_{uuid.uuid4().hex[:10]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with _pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs on a SQLite file and on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def write_spec(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+# A real but small study: 3,000 training and 1,000 validation images of real MNIST, 2 epochs.
+SMALL_SPEC = """
+family = "simple_mlp"
+epochs = 2
+n_trials = 4
+seed = 0
+train_size = 3000
+validation_size = 1000
+
+[params]
+hidden = { low = 32, high = 128, log = true }
+batch_size = [64, 128]
+"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):  # type: ignore[no-untyped-def]
+    """Run the installed CLI in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_hpo", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )

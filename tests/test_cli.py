@@ -1,0 +1,140 @@
+"""The CLI end to end, in real processes: create-study -> work -> status, and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_SPEC, run_cli, write_spec
+
+
+@pytest.fixture
+def env(mnist_dir: Path, tmp_path: Path, storage_url: str) -> dict[str, str]:
+    write_spec(tmp_path, "small", SMALL_SPEC)
+    return {
+        "MNIST_HPO_STORAGE": storage_url,
+        "MNIST_HPO_DATA": str(mnist_dir),
+        "MNIST_HPO_STUDIES": str(tmp_path),
+    }
+
+
+def test_create_work_status_best_list_delete(env: dict[str, str]) -> None:
+    r = run_cli("create-study", "small", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "created study 'small'" in r.stdout
+    r = run_cli("work", "small", "--jobs", "2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[w0]" in r.stdout and "[w1]" in r.stdout
+    assert "data: official MNIST files" in r.stdout
+    assert "budget of 4 trials is spent" in r.stdout
+    assert "Traceback" not in r.stderr
+    r = run_cli("status", "small", env=env)
+    assert r.returncode == 0
+    assert "trials: 4/4 of the budget used" in r.stdout
+    assert "best: trial" in r.stdout and "test " in r.stdout
+    r = run_cli("best", "small", "--json", env=env)
+    best = json.loads(r.stdout)
+    assert best["validation_accuracy"] > 0.8 and best["test_accuracy"] > 0.8
+    assert best["val_accuracy_per_epoch"][-1] == best["validation_accuracy"]
+    assert best["versions"]["optuna"].startswith("5.")
+    assert best["n_params"] > 0 and best["seed"] is not None
+    assert "small" in run_cli("list", env=env).stdout
+    # A second `work` on a spent study does nothing, quickly.
+    r = run_cli("work", "small", env=env)
+    assert r.returncode == 0 and "0 trial(s)" in r.stdout
+    r = run_cli("delete-study", "small", "--yes", env=env)
+    assert r.returncode == 0
+    assert run_cli("status", "small", env=env).returncode == 1
+
+
+def _one_line_error(r, code: int, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('family = "resnet"\nepochs = 1\nn_trials = 1\n', "family 'resnet' is not known"),
+        (
+            'family = "cnn"\nepochs = 1\nn_trials = 1\n[params]\nwidth = 3\n',
+            "'width' is not a parameter",
+        ),
+        ("family = \n", "is not valid TOML"),
+        ('family = "cnn"\nepochs = -1\nn_trials = 1\n', "epochs must be an integer"),
+    ],
+)
+def test_bad_specs_exit_2_with_one_line(tmp_path: Path, body: str, fragment: str) -> None:
+    path = write_spec(tmp_path, "bad", body)
+    r = run_cli("create-study", str(path), env={"MNIST_HPO_STORAGE": f"sqlite:///{tmp_path}/s.db"})
+    _one_line_error(r, 2, fragment)
+
+
+def test_runtime_errors_exit_1_with_one_line(tmp_path: Path, mnist_dir: Path) -> None:
+    db = f"sqlite:///{tmp_path}/s.db"
+    _one_line_error(run_cli("status", "x", env={"MNIST_HPO_STORAGE": db}), 1, "no storage at")
+    pg = "postgresql://nobody@127.0.0.1:1/x"
+    _one_line_error(run_cli("list", "--storage", pg), 1, "cannot open storage")
+    _one_line_error(run_cli("list", "--storage", "nonsense"), 2, "is not a database URL")
+    assert run_cli("create-study", "perceptron", "--storage", db).returncode == 0
+    _one_line_error(run_cli("status", "nope", "--storage", db), 1, "no study named 'nope'")
+    _one_line_error(
+        run_cli("work", "perceptron", "--storage", db, "--data-dir", str(tmp_path)),
+        1,
+        "lacks train-images-idx3-ubyte.gz",
+    )
+    _one_line_error(
+        run_cli("work", "perceptron", "--storage", db, "--device", "cuda:7"), 1, "--device cuda:7"
+    )
+
+
+def test_corrupt_data_stops_the_worker_before_any_trial(tmp_path: Path, mnist_dir: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in mnist_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b broken")
+    db = f"sqlite:///{tmp_path}/s.db"
+    assert run_cli("create-study", "perceptron", "--storage", db).returncode == 0
+    r = run_cli("work", "perceptron", "--storage", db, "--data-dir", str(bad), "--jobs", "2")
+    _one_line_error(r, 1, "t10k-images-idx3-ubyte.gz cannot be read")
+    assert "trials: 0/20" in run_cli("status", "perceptron", "--storage", db).stdout
+
+
+def test_delete_asks_first(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/s.db"
+    assert run_cli("create-study", "cnn", "--storage", db).returncode == 0
+    from typer.testing import CliRunner
+
+    from mnist_hpo.cli import app
+
+    r = CliRunner().invoke(app, ["delete-study", "cnn", "--storage", db], input="n\n")
+    assert r.exit_code == 2 and "not deleted" in r.output
+    assert "cnn" in run_cli("list", "--storage", db).stdout
+
+
+def test_families_lists_every_family_and_its_parameters() -> None:
+    r = run_cli("families")
+    assert r.returncode == 0
+    for name in ("perceptron", "simple_mlp", "deep_mlp", "cnn", "n_layers", "channels_0", "lr"):
+        assert name in r.stdout
+
+
+def test_every_command_has_help() -> None:
+    for cmd in (
+        "create-study",
+        "work",
+        "status",
+        "best",
+        "list",
+        "delete-study",
+        "families",
+        "data",
+    ):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout
