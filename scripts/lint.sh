@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# ruff (lint + format check) on everything, mypy --strict on src/.
+# ruff (lint + format check) on the Python trees, mypy --strict on src/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+dirs=$(for d in src tests benchmarks; do [ -d "$d" ] && echo "$d"; done)
+.venv/bin/ruff check $dirs
+.venv/bin/ruff format --check $dirs
 .venv/bin/mypy
