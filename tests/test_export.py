@@ -12,7 +12,6 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import run_cli
 from mnist_hpo import data, export, predict
 from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
@@ -158,8 +157,8 @@ def test_predict_cli_on_pngs(
     expected = [p.digit for p in predict.classify(loaded, digits, ["x"] * 6)]
     files = [_png(tmp_path / f"{i}.png", d) for i, d in enumerate(digits)]
     rgb = _png(tmp_path / "rgb.png", digits[0], "RGB")
-    r = run_cli("predict", str(exported.path), *map(str, files), str(rgb))
-    assert r.returncode == 0, r.stderr
+    r = cli("predict", str(exported.path), *map(str, files), str(rgb))
+    assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"model: trial {exported.meta['trial']} of finished")
     got = [int(line.split(": ")[1].split()[0]) for line in lines[1:]]
@@ -215,8 +214,8 @@ def test_export_best_cli(finished_study: tuple[str, str], mnist_dir: Path, tmp_p
     url, name = finished_study
     env = {"MNIST_HPO_STORAGE": url, "MNIST_HPO_DATA": str(mnist_dir)}
     out = tmp_path / "m.safetensors"
-    r = run_cli("export-best", name, "-o", str(out), "--threads", "1", env=env)
-    assert r.returncode == 0, r.stderr
+    r = cli("export-best", name, "-o", str(out), env=env)
+    assert r.exit_code == 0, r.stderr
     assert f"wrote {out}: trial" in r.stdout and "warning" not in r.stderr
     assert export.load_model(out).meta["study"] == name
     _one_line_error(cli("export-best", name, "--trial", "99", env=env), 2, "has no trial 99")

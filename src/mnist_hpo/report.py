@@ -74,7 +74,9 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
         sections.append(
             _figure(
                 "Optimisation history",
-                optuna.visualization.plot_optimization_history(study),
+                optuna.visualization.plot_optimization_history(study).update_layout(
+                    yaxis_title="validation accuracy"
+                ),
                 "Validation accuracy of every completed trial in the order they finished, and "
                 "the best so far.",
             )
@@ -84,7 +86,9 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
     sections.append(
         _figure(
             "Validation accuracy per epoch (intermediate values)",
-            optuna.visualization.plot_intermediate_values(study),
+            optuna.visualization.plot_intermediate_values(study).update_layout(
+                xaxis_title="epoch", yaxis_title="validation accuracy"
+            ),
             f"Every finished trial's validation accuracy after each epoch. {len(pruned)} of "
             f"{len(finished)} finished trials were pruned: their lines stop before epoch "
             f"{spec.epochs}, where the {spec.pruner} pruner judged them unpromising.",
@@ -130,7 +134,7 @@ def _summary(
         ("per trial", f"{spec.epochs} epochs, pruned by the {spec.pruner} pruner"),
         ("sampler", f"{spec.sampler}, seed {spec.seed}"),
         ("trials", f"{len(trials)} of a budget of {spec.budget()}: {states}"),
-        ("compute", f"{seconds / 60:.1f} minutes of trial wall-clock time in all"),
+        ("compute", f"{_duration(seconds)} of trial wall-clock time in all"),
         ("data", data.get("source", spec.dataset)),
         (
             "split",
@@ -247,6 +251,10 @@ def _note(title: str, text: str) -> str:
     return (
         f"<section><h2>{html.escape(title)}</h2><p class='note'>{html.escape(text)}</p></section>"
     )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 
 
 def _pct(x: float | None) -> str:
