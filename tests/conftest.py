@@ -109,3 +109,44 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+# A finished study with pruned and completed trials, for the report, dashboard and export tests:
+# 6 trials of 3 epochs on 3,000 real training images; pruning may start after 2 trials.
+FINISHED_SPEC = """
+family = "simple_mlp"
+epochs = 3
+n_trials = 6
+seed = 0
+train_size = 3000
+validation_size = 1000
+
+[params]
+hidden = { low = 32, high = 128, log = true }
+batch_size = [64, 128]
+
+[pruner_options]
+n_startup_trials = 2
+n_warmup_steps = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[str, str]:
+    """(storage URL, study name) of a study run to the end by one worker on a SQLite file."""
+    from mnist_hpo import study as study_mod
+    from mnist_hpo import worker
+    from mnist_hpo.spec import load_spec
+
+    folder = tmp_path_factory.mktemp("finished")
+    url = f"sqlite:///{folder / 'studies.db'}"
+    spec = load_spec(str(write_spec(folder, "finished", FINISHED_SPEC)))
+    study_mod.create(study_mod.open_storage(url), spec)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        worker.run(url, "finished", worker.WorkOptions(threads=1, data_dir=mnist_dir, wait=False))
+    finally:
+        torch.set_num_threads(threads)  # worker.run sets it for the whole test process
+    return url, "finished"

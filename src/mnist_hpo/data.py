@@ -377,6 +377,34 @@ def load_sample() -> RawData:
     )
 
 
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in [0, 1] (uint8 IDX bytes are divided by 255)."""
+    x = images.float()
+    return x / 255 if images.dtype == torch.uint8 else x
+
+
+def _train_count(raw: RawData, validation_size: int, train_size: int) -> int:
+    n = len(raw.train_images)
+    if validation_size >= n:
+        raise HpoError(
+            f"validation_size {validation_size} leaves no training images ({raw.kind} has {n}); "
+            "lower it in the spec"
+        )
+    n_fit = n - validation_size
+    return min(train_size, n_fit) if train_size else n_fit
+
+
+def normalisation(
+    raw: RawData, *, validation_size: int, train_size: int = 0
+) -> tuple[float, float]:
+    """Mean and std of the training split's pixels: what `split` standardises every image with.
+
+    An exported model records them, so images it classifies later are scaled the same way.
+    """
+    x = pixels(raw.train_images[: _train_count(raw, validation_size, train_size)])
+    return float(x.mean()), float(x.std())
+
+
 def split(
     raw: RawData, *, validation_size: int, train_size: int = 0, device: torch.device | str = "cpu"
 ) -> Data:
@@ -386,21 +414,9 @@ def split(
     classic 50,000/10,000 MNIST split. Pixels are standardised once with the training split's
     mean and std, and everything moves to `device` once.
     """
-    n = len(raw.train_images)
-    if validation_size >= n:
-        raise HpoError(
-            f"validation_size {validation_size} leaves no training images ({raw.kind} has {n}); "
-            "lower it in the spec"
-        )
-    n_fit = n - validation_size
-    n_train = min(train_size, n_fit) if train_size else n_fit
-
-    def pixels(images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        return x / 255 if images.dtype == torch.uint8 else x
-
-    train_x = pixels(raw.train_images[:n_train])
-    mean, std = train_x.mean(), train_x.std()
+    n_fit = len(raw.train_images) - validation_size
+    n_train = _train_count(raw, validation_size, train_size)
+    mean, std = normalisation(raw, validation_size=validation_size, train_size=train_size)
 
     def prep(images: torch.Tensor) -> torch.Tensor:
         return ((pixels(images) - mean) / std).unsqueeze(1).to(device)

@@ -1,0 +1,285 @@
+"""A study's report: one self-contained HTML file with Optuna's plots and the top trials.
+
+The figures are Optuna's own plotly figures (the ones optuna-dashboard shows), embedded with
+plotly.js inlined once, so the file opens offline and stays interactive (hover a point to see
+its trial). About 5 MB, almost all plotly.js. Plotly comes with the `report` extra.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mnist_hpo import __version__
+from mnist_hpo import study as study_mod
+from mnist_hpo.errors import HpoError
+from mnist_hpo.spec import StudySpec
+
+TOP = 10  # trials in the table by default
+
+
+def _plotly() -> Any:
+    try:
+        import plotly
+    except ModuleNotFoundError:
+        raise HpoError(
+            "the report needs plotly; install it with `pip install 'mnist-hpo[report]'`"
+        ) from None
+    return plotly
+
+
+def write_report(storage_url: str, study_name: str, out: Path, *, top: int = TOP) -> Path:
+    """Render the study's report to `out` (HTML)."""
+    study, spec = study_mod.load(study_mod.open_storage(storage_url, must_exist=True), study_name)
+    page = render(study, spec, top=top)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise HpoError(f"cannot write {out} ({e}); pick a writable --output path") from None
+    return out
+
+
+def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
+    """The report as one HTML page; a study with no finished trial is an HpoError."""
+    plotly = _plotly()
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    name = study.study_name
+    if not finished:
+        raise HpoError(
+            f"study {name!r} has no finished trial yet, so there is nothing to report; run "
+            f"`mnist-hpo work {name}` first"
+        )
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE),
+        key=lambda t: t.value or 0.0,
+        reverse=True,
+    )
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+
+    sections = [_summary(study, spec, trials, counts, complete)]
+    sections.append(_top_table(complete[:top], len(complete)))
+    if complete:
+        sections.append(
+            _figure(
+                "Optimisation history",
+                optuna.visualization.plot_optimization_history(study).update_layout(
+                    yaxis_title="validation accuracy"
+                ),
+                "Validation accuracy of every completed trial in the order they finished, and "
+                "the best so far.",
+            )
+        )
+    else:
+        sections.append(_note("Optimisation history", "No trial has completed yet."))
+    sections.append(
+        _figure(
+            "Validation accuracy per epoch (intermediate values)",
+            optuna.visualization.plot_intermediate_values(study).update_layout(
+                xaxis_title="epoch", yaxis_title="validation accuracy"
+            ),
+            f"Every finished trial's validation accuracy after each epoch. {len(pruned)} of "
+            f"{len(finished)} finished trials were pruned: their lines stop before epoch "
+            f"{spec.epochs}, where the {spec.pruner} pruner judged them unpromising.",
+        )
+    )
+    sections.append(_importances(study, len(complete)))
+    if complete:
+        sections.append(_figure("Accuracy and model size", _size_figure(complete), _SIZE_NOTE))
+    body = "\n".join(sections)
+    return _PAGE.format(
+        title=html.escape(f"mnist-hpo report: {name}"),
+        plotly_js=plotly.offline.get_plotlyjs(),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        body=body,
+    )
+
+
+_SIZE_NOTE = (
+    "Validation and test accuracy of each completed trial against its parameter count. "
+    "Test accuracy is measured once per trial and never used to choose: the gap between the "
+    "two marks is the honest estimate of how much choosing on validation overstates."
+)
+
+
+def _summary(
+    study: optuna.Study,
+    spec: StudySpec,
+    trials: Sequence[FrozenTrial],
+    counts: dict[str, int],
+    complete: Sequence[FrozenTrial],
+) -> str:
+    data = study.user_attrs.get(study_mod.DATA_ATTR) or {}
+    seconds = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete and t.datetime_start
+    )
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    rows = [
+        ("family", f"{spec.family} — {spec.family_def.summary}"),
+        ("description", spec.description or "—"),
+        ("per trial", f"{spec.epochs} epochs, pruned by the {spec.pruner} pruner"),
+        ("sampler", f"{spec.sampler}, seed {spec.seed}"),
+        ("trials", f"{len(trials)} of a budget of {spec.budget()}: {states}"),
+        ("compute", f"{_duration(seconds)} of trial wall-clock time in all"),
+        ("data", data.get("source", spec.dataset)),
+        (
+            "split",
+            f"validation: the last {spec.validation_size:,} training images; training: "
+            + (f"the first {spec.train_size:,}" if spec.train_size else "the rest"),
+        ),
+    ]
+    if complete:
+        b = complete[0]
+        rows.append(
+            (
+                "best",
+                f"trial {b.number}: validation {_pct(b.value)}, test "
+                f"{_pct(b.user_attrs.get('test_accuracy'))}, "
+                f"{b.user_attrs.get('n_params', 0):,} parameters",
+            )
+        )
+    table = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    return (
+        f"<section><h2>Summary</h2><table class='kv'>{table}</table>"
+        "<p class='note'>The search maximises accuracy on the validation split; test accuracy "
+        "is recorded once per completed trial and never drives pruning or selection.</p>"
+        "</section>"
+    )
+
+
+def _top_table(top: Sequence[FrozenTrial], n_complete: int) -> str:
+    if not top:
+        return _note("Top trials", "No trial has completed yet.")
+    head = (
+        "<tr><th>#</th><th>trial</th><th>validation</th><th>test</th><th>parameters</th>"
+        "<th>epochs</th><th>time (s)</th><th>s/epoch</th><th>hyperparameters</th></tr>"
+    )
+    rows = []
+    for rank, t in enumerate(top, 1):
+        a = t.user_attrs
+        epoch_s = a.get("epoch_seconds") or []
+        wall = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
+        cells = [
+            str(rank),
+            str(t.number),
+            _pct(t.value),
+            _pct(a.get("test_accuracy")),
+            f"{a['n_params']:,}" if "n_params" in a else "—",
+            str(len(t.intermediate_values)),
+            f"{wall:.1f}" if wall is not None else "—",
+            f"{sum(epoch_s) / len(epoch_s):.2f}" if epoch_s else "—",
+            " ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items())),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (
+        f"<section><h2>Top {len(top)} of {n_complete} completed trials</h2>"
+        f"<table class='trials'>{head}{''.join(rows)}</table></section>"
+    )
+
+
+def _importances(study: optuna.Study, n_complete: int) -> str:
+    title = "Parameter importances"
+    if n_complete < 2:
+        return _note(title, f"Needs at least 2 completed trials; this study has {n_complete}.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = optuna.visualization.plot_param_importances(study)
+    equal = [w for w in caught if "importances will be equal" in str(w.message)]
+    if equal:
+        return _note(title, f"Too few completed trials ({n_complete}) to tell parameters apart.")
+    return _figure(
+        title,
+        fig,
+        f"How much each hyperparameter mattered for validation accuracy, by PED-ANOVA (Optuna "
+        f"5's default) over {n_complete} completed trials; few trials make this rough.",
+    )
+
+
+def _size_figure(complete: Sequence[FrozenTrial]) -> Any:
+    import plotly.graph_objects as go
+
+    sized = [t for t in complete if "n_params" in t.user_attrs]
+    x = [t.user_attrs["n_params"] for t in sized]
+    labels = [f"trial {t.number}" for t in sized]
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=[t.value for t in sized], mode="markers", name="validation", text=labels)
+    fig.add_scatter(
+        x=x,
+        y=[t.user_attrs.get("test_accuracy") for t in sized],
+        mode="markers",
+        name="test",
+        marker_symbol="x",
+        text=labels,
+    )
+    fig.update_layout(
+        xaxis={"type": "log", "title": "parameters"},
+        yaxis={"title": "accuracy", "tickformat": ".1%"},
+        title="Accuracy vs parameter count",
+    )
+    return fig
+
+
+def _figure(title: str, fig: Any, caption: str) -> str:
+    div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+    return (
+        f"<section><h2>{html.escape(title)}</h2><p class='note'>{html.escape(caption)}</p>"
+        f"{div}</section>"
+    )
+
+
+def _note(title: str, text: str) -> str:
+    return (
+        f"<section><h2>{html.escape(title)}</h2><p class='note'>{html.escape(text)}</p></section>"
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left;
+  vertical-align: top; }}
+table.trials td:nth-child(-n+8) {{ text-align: right; white-space: nowrap; }}
+.note {{ color: #555; }}
+</style>
+<script type="text/javascript">{plotly_js}</script>
+</head><body>
+<h1>{title}</h1>
+<p class="note">Generated {generated} by mnist-hpo {version}.</p>
+{body}
+</body></html>
+"""
