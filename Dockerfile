@@ -3,10 +3,11 @@
 # time (docker-compose.yml reads it from .env; Kubernetes from a Secret).
 FROM python:3.11-slim
 
-# The CPU-only build: the default Linux wheel on PyPI pulls several GB of CUDA libraries that
-# a CPU worker never uses. Override both for another version or a mirror.
+# The CPU-only build: the default Linux torch wheel pulls several GB of CUDA libraries that a
+# CPU worker never uses. TORCH_INDEX_URL is PyTorch's CPU-only wheel index (the index URL its
+# installation selector gives for Linux / pip / CPU); compose passes it from .env.
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,6 +18,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MNIST_HPO_CACHE=/data/cache \
     MNIST_HPO_ARTIFACTS=/data/artifacts
 
+RUN test -n "$TORCH_INDEX_URL" \
+ || { echo "set TORCH_INDEX_URL (.env or --build-arg) to PyTorch's CPU-only wheel index" >&2; exit 1; }
 RUN pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
 
 WORKDIR /app

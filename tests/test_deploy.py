@@ -127,7 +127,7 @@ def test_secrets_come_from_the_environment_never_the_image() -> None:
 
 def test_the_image_installs_cpu_torch_and_runs_the_cli() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
-    assert re.search(r"^ARG TORCH_INDEX_URL=\S+/cpu$", text, re.M)
+    assert re.search(r"^ARG TORCH_INDEX_URL$", text, re.M)  # required: no CUDA build by accident
     assert 'pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"' in text
     # torch first: pip then keeps the CPU build when it installs the package.
     assert text.index("torch==") < text.index("pip install .")
