@@ -141,9 +141,7 @@ def _assert_nothing_lost(trials: list[optuna.trial.FrozenTrial], budget: int, ex
     assert budget <= done <= budget + extra, (done, budget)
 
 
-def test_sigkill_mid_trial_is_retried_from_its_checkpoint(
-    tmp_path: Path, mnist_dir: Path
-) -> None:
+def test_sigkill_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
     env = _env(tmp_path, url, mnist_dir)

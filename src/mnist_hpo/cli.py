@@ -238,6 +238,9 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
                 download_progress=_download_bar(),
                 stopper=stopper,
             )
+        except BaseException:
+            stopper.hold()  # past the stop deadline, its thread re-queues the trial and exits
+            raise
         finally:
             stopper.uninstall()
         typer.echo(

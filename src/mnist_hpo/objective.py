@@ -133,6 +133,8 @@ class Objective:
         reported = set(frozen.intermediate_values)
 
         def on_epoch(e: EpochEnd) -> None:
+            if self.stopper is not None:
+                self.stopper.hold()  # past the stop deadline: that thread owns the trial now
             history.append(e.val_accuracy)
             seconds.append(round(e.seconds, 3))
             if self.checkpoints is not None:

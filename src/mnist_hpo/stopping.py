@@ -69,6 +69,7 @@ class Stopper:
         self.in_trial = False
         self.on_deadline: Callable[[], str] | None = None  # re-queues the running trial
         self._claimed = False
+        self.cut = False  # the deadline passed: its thread re-queues the trial and exits
         self._lock = threading.Lock()
         self._previous: dict[int, object] = {}
 
@@ -86,12 +87,23 @@ class Stopper:
         self._previous.clear()
 
     def claim(self) -> bool:
-        """True for the first caller only: re-queue the running trial exactly once."""
+        """True for the first caller only: the running trial is re-queued exactly once."""
         with self._lock:
             if self._claimed:
                 return False
             self._claimed = True
             return True
+
+    def take(self) -> None:
+        """The main thread's claim. If the stop deadline claimed first, its thread is
+        re-queuing the trial and will end the process: wait for that, touch nothing."""
+        if not self.claim():
+            self.hold()
+
+    def hold(self) -> None:
+        """Block the calling thread for good if the deadline thread owns the stop."""
+        if self._claimed and self.cut:
+            threading.Event().wait()
 
     def interrupted(self, what: str) -> Interrupted:
         assert self.signum is not None
@@ -117,8 +129,10 @@ class Stopper:
         timer.start()
 
     def _deadline(self) -> None:
-        if self.signum is None or not self.claim():
-            return  # the main thread is already re-queuing the trial
+        with self._lock:
+            if self.signum is None or self._claimed:
+                return  # the main thread is already re-queuing the trial
+            self._claimed = self.cut = True
         what = self.on_deadline() if self.on_deadline is not None else "no trial was running"
         self.exit_now(
             128 + self.signum,

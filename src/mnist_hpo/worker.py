@@ -167,8 +167,11 @@ def run(
             )
         )
 
-    def requeue_current(why: str) -> str:
-        """Fail the trial this worker was running (if still RUNNING) and re-queue it."""
+    def requeue_current(why: str, *, failed_here: bool = False) -> str:
+        """Fail the trial this worker was running (if still RUNNING) and re-queue it.
+
+        `failed_here`: Optuna already marked it FAIL because our objective raised StopRequested.
+        """
         current = objective.current
         if current is None:
             return "no trial was running"
@@ -180,8 +183,9 @@ def run(
             )
         except optuna.exceptions.UpdateFinishedTrialError:
             # Finished here, or failed as dead and re-queued by another worker: not ours now.
-            state = storage.get_trial(current._trial_id).state.name
-            return f"trial {current.number} was already {state}; nothing to re-queue"
+            state = storage.get_trial(current._trial_id).state
+            if not (failed_here and state == TrialState.FAIL):
+                return f"trial {current.number} was already {state.name}; nothing to re-queue"
         failed = storage.get_trial(current._trial_id)
         study_mod.retrying(
             lambda: study_mod.requeue(study, failed),
@@ -200,7 +204,7 @@ def run(
     delay = 0.5
     while True:
         if stopper is not None and stopper.requested:
-            stopper.claim()
+            stopper.take()
             raise stopper.interrupted("between trials; nothing to re-queue")
         if options.n_trials is not None and summary.trials >= options.n_trials:
             summary.stop_reason = f"ran the {options.n_trials} trial(s) asked of this worker"
@@ -237,9 +241,12 @@ def run(
                     stopper.in_trial = False
             outage_started, delay = None, 0.5
         except StopRequested:
-            if stopper is None or not stopper.claim():
+            if stopper is None:
                 raise
-            raise stopper.interrupted(requeue_current("stopped mid-trial")) from None
+            stopper.take()
+            raise stopper.interrupted(
+                requeue_current("stopped mid-trial", failed_here=True)
+            ) from None
         except TakenOver:
             # Our heartbeat was late (a stalled machine); the trial's retry continues it from
             # its checkpoint on whichever worker takes it.
@@ -276,7 +283,8 @@ def run(
                 with contextlib.suppress(HpoError):
                     note = requeue_current("its result could not be stored")
                     listener(Note(note))
-        if stopper is not None and stopper.requested and stopper.claim():
+        if stopper is not None and stopper.requested:
+            stopper.take()
             raise stopper.interrupted("the running trial finished first; nothing to re-queue")
     summary.seconds = time.monotonic() - started
     return summary
