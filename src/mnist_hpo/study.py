@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -168,6 +169,8 @@ class WorkerStorage(RDBStorage):
     taking a trial and its first heartbeat would leave that trial RUNNING forever.
     """
 
+    note: Callable[[str], None] | None = None  # where to say that the storage is being retried
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
@@ -211,6 +214,68 @@ class WorkerStorage(RDBStorage):
         finally:
             session.close()
         return stale
+
+
+# Every storage call on a trial's path retries a lost connection, so a database restart in the
+# middle of Optuna's own ask/tell (which cannot be retried from outside: Optuna fails with an
+# UnboundLocalError if the database is still down when it re-reads the trial) is waited out.
+_RETRIED = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "_get_best_trial_id",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "_get_trials",
+    "get_all_trials",
+    "_get_stale_trial_ids",
+)
+
+
+def _with_retry(name: str) -> Callable[..., Any]:
+    method = getattr(WorkerStorage, name)
+
+    @functools.wraps(method)
+    def call(self: WorkerStorage, *args: Any, **kwargs: Any) -> Any:
+        attempts = 0
+
+        def once() -> Any:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retried state change whose first attempt was committed just before the
+                # connection dropped: done already.
+                if attempts > 1 and name == "set_trial_state_values":
+                    wanted = kwargs.get("state", args[1] if len(args) > 1 else None)
+                    if method_get_trial(self, args[0]).state == wanted:
+                        return True
+                raise
+
+        return retrying(once, what=f"talking to the database ({name})", note=self.note)
+
+    return call
+
+
+method_get_trial = WorkerStorage.get_trial
+for _name in _RETRIED:
+    setattr(WorkerStorage, _name, _with_retry(_name))
 
 
 def _harden_sqlite(engine: sqlalchemy.engine.Engine) -> None:

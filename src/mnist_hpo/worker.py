@@ -113,6 +113,7 @@ def run(
 
     wait = study_mod.storage_wait_seconds()
     storage = study_mod.open_storage(storage_url, must_exist=True, wait=wait)
+    storage.note = message
     study, spec = study_mod.retrying(
         lambda: study_mod.load(storage, study_name), what="loading the study", note=message
     )
