@@ -46,7 +46,7 @@ weight_decay = 0.0001
 MANY_TRIALS = """
 family = "perceptron"
 epochs = 2
-n_trials = 12
+n_trials = 8
 seed = 0
 train_size = 1000
 validation_size = 500
@@ -249,7 +249,7 @@ def test_four_workers_share_one_study(
         assert f"[w{n}] worker done" in w.output
     for bad in ("Traceback", "database is locked", "storage unavailable", "error:"):
         assert bad not in w.output, w.output
-    _assert_nothing_lost(_trials(url), budget=12, extra=3)
+    _assert_nothing_lost(_trials(url), budget=8, extra=3)
     assert _checkpoint_files(tmp_path) == []
 
 
@@ -266,7 +266,7 @@ def _pg_restart_command() -> list[str]:
 
 def test_postgres_restart_mid_study(tmp_path: Path, mnist_dir: Path, pg_url: str) -> None:
     restart = _pg_restart_command()
-    body = MANY_TRIALS.replace("n_trials = 12", "n_trials = 8").replace("epochs = 2", "epochs = 4")
+    body = MANY_TRIALS.replace("epochs = 2", "epochs = 4")
     _create(pg_url, tmp_path, body)
     w = Worker(_env(tmp_path, pg_url, mnist_dir), "crash", "--jobs", "2")
     w.wait_for(r"trial \d+ (complete|pruned)")
