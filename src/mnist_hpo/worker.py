@@ -248,9 +248,10 @@ def run(
             raise stopper.interrupted(
                 requeue_current("stopped mid-trial", failed_here=True)
             ) from None
-        except TakenOver:
-            # Our heartbeat was late (a stalled machine); the trial's retry continues it from
-            # its checkpoint on whichever worker takes it.
+        except (TakenOver, optuna.exceptions.UpdateFinishedTrialError):
+            # Our heartbeat was late (a stalled machine) and another worker failed the trial;
+            # its retry continues from the checkpoint on whichever worker takes it. Optuna's
+            # own tell raises UpdateFinishedTrialError when it finds the trial already FAIL.
             number = objective.current.number if objective.current else "?"
             listener(
                 Note(
