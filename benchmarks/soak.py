@@ -10,8 +10,8 @@ restart policy would). Then it counts what a user would care about:
 - lost: trials left RUNNING or WAITING, FAIL trials without a finished retry, budget not met,
   checkpoint files left behind. It must be 0 for every item; the script exits 1 otherwise.
 
-The objective is the real one on a tiny slice of real MNIST (perceptron, 800 training images,
-3 epochs), so each trial takes about a second and the faults hit every phase of a trial.
+The objective is the real one on a tiny slice of real MNIST (perceptron, 2,000 training images,
+4 epochs), so each trial takes a second or two and the faults hit every phase of a trial.
 Heartbeat 1 s, grace 5 s (MNIST_HPO_HEARTBEAT / MNIST_HPO_GRACE), as in the tests.
 
     MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/soak.py \\
@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 from optuna.trial import TrialState
 
 from mnist_hpo import study as study_mod
@@ -39,10 +40,10 @@ from mnist_hpo.spec import load_spec
 
 SPEC = """
 family = "perceptron"
-epochs = 3
+epochs = 4
 n_trials = {trials}
 seed = 0
-train_size = 800
+train_size = 2000
 validation_size = 500
 
 [params]
@@ -69,7 +70,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
     name = f"soak_{uuid.uuid4().hex[:6]}"
     spec_file = folder / f"{name}.toml"
     spec_file.write_text(SPEC.format(trials=args.trials), encoding="utf-8")
-    study_mod.create(study_mod.open_storage(url), load_spec(str(spec_file)))
+    study, _ = study_mod.create(study_mod.open_storage(url), load_spec(str(spec_file)))
     artifacts = folder / f"artifacts-{name}"
     env = {
         **os.environ,
@@ -93,12 +94,19 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
     rng = random.Random(args.seed)
     procs = [spawn() for _ in range(args.workers)]
     done_kills = 0
-    next_kill = time.monotonic() + rng.uniform(4, 8)
+    next_kill = time.monotonic() + rng.uniform(8, 12)  # workers take ~5 s to start
     while any(p.poll() is None for p in procs):
         time.sleep(0.2)
         if done_kills < kills and time.monotonic() >= next_kill:
             alive = [p for p in procs if p.poll() is None]
-            victim = rng.choice(alive)
+            # Prefer a worker in the middle of a trial (its pid is in the trial's "worker"
+            # attr): killing one that is still importing torch tests nothing.
+            running = {
+                str(t.user_attrs.get("worker", "")).rsplit(":", 1)[-1]
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            }
+            busy = [p for p in alive if str(p.pid) in running]
+            victim = rng.choice(busy or alive)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             done_kills += 1
@@ -186,9 +194,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="Skip the undisturbed runs.")
     args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     lost_total = 0
     print(
-        f"{args.workers} workers x {args.trials} trials (perceptron, 800 images, 3 epochs), "
+        f"{args.workers} workers x {args.trials} trials (perceptron, 2,000 images, 4 epochs), "
         f"{args.kills} random SIGKILLs per faulty run; heartbeat 1 s, grace 5 s"
     )
     with tempfile.TemporaryDirectory() as tmp:
