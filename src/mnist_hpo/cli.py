@@ -238,6 +238,10 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
                 download_progress=_download_bar(),
                 stopper=stopper,
             )
+        except Interrupted as e:
+            if label:  # say which of `--jobs N`'s workers this is
+                raise Interrupted(f"[{label}] {e}", stopper.signum or 0) from None
+            raise
         except BaseException:
             stopper.hold()  # past the stop deadline, its thread re-queues the trial and exits
             raise
