@@ -136,6 +136,7 @@ def main() -> None:
             print(
                 f"{family:<11} {f'mnist-hpo, batch {batch}':<22} {rate:>10,.0f} "
                 f"{len(data.train_x) / rate:>8.2f} {val:>8.2%} {rate / base:>8.1f}x"
+                + (f"  ({n:,} images)" if n < len(data.train_x) else "")
             )
         ours_s, ours_acc = ours_eval(model, data)
         evals.append((family, report_eval_s, e_acc, e_n, ours_s, ours_acc))
