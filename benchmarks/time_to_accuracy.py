@@ -93,6 +93,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if reached and reached.datetime_complete
         else None,
         "trial_reaching": reached.number if reached else None,
+        # (seconds from the start, validation accuracy) of each completed trial, in order: the
+        # time to any other threshold can be read from a saved file with --show --threshold.
+        "completions": [
+            ((t.datetime_complete - start).total_seconds(), t.value)
+            for t in complete
+            if t.datetime_complete
+        ],
         "best_val": best.value,
         "best_test": best.user_attrs.get("test_accuracy"),
         "wall_s": wall,
@@ -105,7 +112,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def show(rows: list[dict[str, Any]]) -> None:
+def show(rows: list[dict[str, Any]], threshold: float = 0.0) -> None:
+    if threshold:
+        for r in rows:
+            if "completions" in r:
+                r["threshold"] = threshold
+                r["seconds_to_threshold"] = next(
+                    (s for s, v in r["completions"] if (v or 0.0) >= threshold), None
+                )
+    targets = sorted({f"{r['threshold']:.1%}" for r in rows})
+    print(f"'to thr' is the time to {', '.join(targets)} validation accuracy")
     print(
         f"{'family':<9} {'pruner':<7} {'trials':>6} {'pruned':>6} {'epochs':>9} {'to thr':>9} "
         f"{'wall':>7} {'best val':>8} {'test':>7}"
@@ -147,7 +163,8 @@ def main() -> None:
     parser.add_argument("--show", type=Path, help="only print the table of a saved file")
     args = parser.parse_args()
     if args.show:
-        show([json.loads(line) for line in args.show.read_text().splitlines() if line.strip()])
+        rows = [json.loads(line) for line in args.show.read_text().splitlines() if line.strip()]
+        show(rows, args.threshold)
         return
     row = run(args)
     if args.save:
