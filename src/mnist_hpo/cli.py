@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from mnist_hpo import __version__
+from mnist_hpo.cores import threads_per_job
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
 
@@ -202,7 +202,7 @@ def work(
         n_trials=n_trials,
         timeout=timeout,
         device=device,
-        threads=threads or max(1, (os.cpu_count() or 1) // jobs),
+        threads=threads or threads_per_job(jobs),
         data_dir=data_dir,
         download=download,
         wait=wait,
@@ -508,9 +508,7 @@ def quickstart(
     _, created = study_mod.create(study_mod.open_storage(url), spec)
     if not created:
         typer.echo(f"study {spec.name!r} exists; continuing it (delete-study to start over)")
-    options = worker.WorkOptions(
-        threads=max(1, (os.cpu_count() or 1) // jobs), data_dir=data_dir, download=False
-    )
+    options = worker.WorkOptions(threads=threads_per_job(jobs), data_dir=data_dir, download=False)
     raise typer.Exit(_work(url, spec.name, options, jobs, verbose=False))
 
 

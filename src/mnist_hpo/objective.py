@@ -63,15 +63,22 @@ class Objective:
             history.append(e.val_accuracy)
             seconds.append(round(e.seconds, 3))
             trial.report(e.val_accuracy, e.epoch)
-            trial.set_user_attr("val_accuracy_per_epoch", history)
-            trial.set_user_attr("epoch_seconds", seconds)
             self.listener(EpochDone(trial.number, e.epoch, cfg.epochs, e.val_accuracy, e.seconds))
             if e.diverged:
                 trial.set_user_attr("diverged", True)
             # After the last epoch there is nothing left to save: finish and record test accuracy.
             elif e.epoch < cfg.epochs and trial.should_prune():
+                record_history()
                 raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
 
+        def record_history() -> None:
+            # Once per trial, not per epoch: each write is a commit (15-20 ms on SQLite, ~9 ms
+            # on PostgreSQL here), and two per epoch were ~5% of a 1 s MLP epoch. The values
+            # per epoch are already stored as the trial's intermediate values.
+            trial.set_user_attr("val_accuracy_per_epoch", history)
+            trial.set_user_attr("epoch_seconds", seconds)
+
         result = train(model, cfg, self.data, on_epoch)
+        record_history()
         trial.set_user_attr("test_accuracy", accuracy(model, self.data.test_x, self.data.test_y))
         return result.val_accuracy
