@@ -51,8 +51,9 @@ PRUNERS: dict[str, Algorithm] = {
 }
 
 # Median pruning defaults: 5 finished trials before judging anyone, and never after epoch 1
-# alone (n_warmup_steps=1): a first epoch at high lr is noisy and often catches up later.
-_MEDIAN_DEFAULTS = {"n_startup_trials": 5, "n_warmup_steps": 1}
+# alone: a first epoch at high lr is noisy and often catches up later. Epochs are reported as
+# steps 1, 2, ...; Optuna prunes once step >= n_warmup_steps, so 2 means "from epoch 2 on".
+_MEDIAN_DEFAULTS = {"n_startup_trials": 5, "n_warmup_steps": 2}
 
 
 def make_pruner(name: str, options: Options, *, epochs: int) -> optuna.pruners.BasePruner:

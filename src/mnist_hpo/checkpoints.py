@@ -1,11 +1,12 @@
 """Per-epoch checkpoints of running trials in an Optuna artifact store, so a retry resumes.
 
 After every epoch the objective saves model + optimizer + scheduler + RNG states + epoch
-history, then records where in the trial's user attribute `checkpoint`. A retried trial
-inherits its user attributes from the failed one (RetryHeartbeatStaleTrialCallback), so the
-retry finds the last checkpoint its predecessor finished writing and trains only the epochs
-after it. A kill while a file is being written leaves the pointer on the previous epoch, whose
-file is complete: every epoch is a file of its own.
+history, and only then reports the epoch's validation accuracy: every reported epoch has a
+complete checkpoint file (each epoch is a file of its own, so a kill mid-write never spoils an
+older one). A retried trial inherits its predecessor's user attributes (the `checkpoint`
+attribute names the files' key) and reported epochs (RetryHeartbeatStaleTrialCallback with
+inherit_intermediate_values), so it loads the checkpoint of the last reported epoch and trains
+only the epochs after it. No extra database write per epoch.
 
 Files are named `ckpt-<study>-t<original trial>-<token>-e<epoch>`: the original trial number of
 the retry chain, and a random token so that studies of the same name in other storages sharing
@@ -26,7 +27,7 @@ import torch
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-ATTR = "checkpoint"  # trial user attr: {"key": ..., "epoch": last epoch saved}
+ATTR = "checkpoint"  # trial user attr: {"key": ...}, set when the trial starts
 
 
 def new_key(study_name: str, original_number: int) -> str:
@@ -51,9 +52,9 @@ class Checkpoints:
         buf.seek(0)
         self.store.write(artifact_id(key, epoch), buf)
 
-    def load(self, pointer: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint a trial's `checkpoint` attr points to; raises LookupError if missing."""
-        name = artifact_id(str(pointer["key"]), int(pointer["epoch"]))
+    def load(self, key: str, epoch: int) -> dict[str, Any]:
+        """The checkpoint of `epoch` under `key`; raises LookupError if missing or unreadable."""
+        name = artifact_id(key, epoch)
         try:
             with self.store.open_reader(name) as f:
                 body = f.read()
@@ -63,7 +64,7 @@ class Checkpoints:
             state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise LookupError(f"checkpoint {name} in {self.location} is unreadable ({e})") from e
-        if not isinstance(state, dict) or int(state.get("epoch", -1)) != int(pointer["epoch"]):
+        if not isinstance(state, dict) or int(state.get("epoch", -1)) != epoch:
             raise LookupError(f"checkpoint {name} in {self.location} is not a trial checkpoint")
         return state
 

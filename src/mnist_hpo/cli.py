@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from mnist_hpo import __version__
+from mnist_hpo.cores import threads_per_job
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
 from mnist_hpo.stopping import Interrupted
@@ -207,7 +208,7 @@ def work(
         n_trials=n_trials,
         timeout=timeout,
         device=device,
-        threads=threads or max(1, (os.cpu_count() or 1) // jobs),
+        threads=threads or threads_per_job(jobs),
         data_dir=data_dir,
         download=download,
         wait=wait,
@@ -558,9 +559,7 @@ def quickstart(
     _, created = study_mod.create(study_mod.open_storage(url), spec)
     if not created:
         typer.echo(f"study {spec.name!r} exists; continuing it (delete-study to start over)")
-    options = worker.WorkOptions(
-        threads=max(1, (os.cpu_count() or 1) // jobs), data_dir=data_dir, download=False
-    )
+    options = worker.WorkOptions(threads=threads_per_job(jobs), data_dir=data_dir, download=False)
     raise typer.Exit(_work(url, spec.name, options, jobs, verbose=False))
 
 

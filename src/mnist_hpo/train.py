@@ -6,9 +6,10 @@ live in that callback (an exception raised there stops training), so the loop st
 of its inputs and can be benchmarked or reused without a study.
 
 Speed notes (2-core CPU, measured on real MNIST; see benchmarks/):
-- Batches are drawn by indexing tensors already on the device. A DataLoader with per-sample
-  collation cost the course report ~20x per epoch for the MLPs.
-- Evaluation runs in batches of 5,000 under inference_mode instead of one image at a time.
+- Batches are slices of tensors already on the device, shuffled once per epoch. A DataLoader
+  with per-sample collation cost the course report ~20x per epoch for the MLPs.
+- Optimizers use fused kernels on CPU and CUDA.
+- Evaluation runs in large batches under inference_mode instead of one image at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ LOSSES = (
     "mse_sum",
 )  # mse_sum: the course report's MSELoss(reduction="sum")
 SCHEDULES = ("constant", "cosine")
-EVAL_BATCH = 5000  # large enough to amortise per-call overhead, small enough for 2 GB GPUs (CNN)
+EVAL_BATCH = 5000  # GPU: large enough to amortise per-call overhead, small enough for 2 GB (CNN)
+# CPU: activations of a 256-image CNN batch stay in cache; at 5,000 they do not. Evaluating the
+# cnn family at the report's shape (conv 32, 64, dense 128) on 10,000 images took 1.4 s in
+# batches of 256 against 2.8-4.2 s in batches of 5,000 (1 thread, 2-core CPU); the MLPs took
+# the same at either size.
+CPU_EVAL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -84,15 +90,20 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
+    params = list(model.parameters())
+    # Fused kernels update all parameters in one call instead of ~8 ops per tensor: on the
+    # 2-core CPU a batch-16 step of the 784-128-10 MLP with Adam took 0.93 ms fused against
+    # 1.16 ms, and deep_mlp 1.48 ms against 2.16 ms. Same update rule; other devices keep the
+    # default implementation.
+    fused = True if params and params[0].device.type in ("cpu", "cuda") else None
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
         )
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use one of {OPTIMIZERS}")
 
 
@@ -123,11 +134,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of correct argmax predictions, evaluated in large batches."""
     was_training = model.training
     model.eval()
-    correct = 0
-    for i in range(0, len(x), EVAL_BATCH):
-        correct += int((model(x[i : i + EVAL_BATCH]).argmax(1) == y[i : i + EVAL_BATCH]).sum())
+    step = CPU_EVAL_BATCH if x.device.type == "cpu" else EVAL_BATCH
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(x), step):
+        correct += (model(x[i : i + step]).argmax(1) == y[i : i + step]).sum()
+    # One host sync for the whole set, not one per batch.
     model.train(was_training)
-    return correct / max(1, len(x))
+    return int(correct) / max(1, len(x))
 
 
 def train(
@@ -170,17 +183,22 @@ def train(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
+        # Shuffle the whole split once per epoch, then take contiguous slices: one gather
+        # instead of one per batch (batch 16: 3,125 small gathers an epoch). Costs a second
+        # copy of the training images (157 MB for 50,000) while the epoch runs.
+        xs, ys = data.train_x[perm], data.train_y[perm]
         total = torch.zeros((), device=device)
         diverged = False
         for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            loss = loss_fn(model(data.train_x[idx]), data.train_y[idx], cfg.loss)
+            xb, yb = xs[i : i + cfg.batch_size], ys[i : i + cfg.batch_size]
+            loss = loss_fn(model(xb), yb, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             if sched is not None:
                 sched.step()
             total += loss.detach()
+        del xs, ys  # free the shuffled copy before evaluation (GPU memory shared by workers)
         # One host sync per epoch, not per batch: reading the loss each step stalls a GPU.
         mean_loss = float(total) / steps_per_epoch
         if not math.isfinite(mean_loss):

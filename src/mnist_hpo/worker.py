@@ -18,7 +18,6 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import artifacts
-from mnist_hpo import checkpoints as ckpt
 from mnist_hpo import data as data_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.checkpoints import Checkpoints
@@ -193,7 +192,7 @@ def run(
             what=f"re-queuing trial {current.number}",
             note=message,
         )
-        epoch = int((failed.user_attrs.get(ckpt.ATTR) or {}).get("epoch", 0))
+        epoch = max(failed.intermediate_values, default=0)
         where = f"after epoch {epoch}" if epoch else "from the start"
         return f"trial {current.number} ({why}) was re-queued; its retry resumes {where}"
 

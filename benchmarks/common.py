@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: real MNIST split as the workers see it, and the course report's models.
+
+Not a test helper: benchmarks print measured figures and ratios, they never assert on time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnist_hpo import data as data_mod
+from mnist_hpo.families import cnn, deep_mlp, perceptron, simple_mlp
+from mnist_hpo.train import Data
+
+VALIDATION = 10_000  # the shipped specs' validation_size: 50,000 images train
+
+
+def mnist(device: str = "cpu") -> Data:
+    """Full MNIST from MNIST_HPO_DATA (else the cache), split and normalised as a worker does."""
+    folder = os.environ.get("MNIST_HPO_DATA")
+    raw = data_mod.load("mnist", Path(folder) if folder else None, download=False)
+    return data_mod.split(raw, validation_size=VALIDATION, device=device)
+
+
+def family_models() -> dict[str, nn.Module]:
+    """Each family at the course report's configuration (freshly initialised, seed 0)."""
+    torch.manual_seed(0)
+    return {
+        "perceptron": perceptron.build(perceptron.Config()),
+        "simple_mlp": simple_mlp.build(simple_mlp.Config(hidden=128, dropout=0.0)),
+        "deep_mlp": deep_mlp.build(deep_mlp.Config(widths=(256, 128), dropout=0.0)),
+        "cnn": cnn.build(cnn.Config((32, 64), 3, (128,), 0.0, False)),
+    }
+
+
+class ReportCNN(nn.Module):
+    """The report's SimpleCNN as it coded it: conv -> ReLU -> pool, default memory format.
+
+    Same function and parameter count as cnn.build(Config((32, 64), 3, (128,), 0, False)), which
+    pools before the ReLU and runs channels_last.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
