@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -18,6 +19,7 @@ from mnist_hpo import __version__
 from mnist_hpo.cores import threads_per_job
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
+from mnist_hpo.stopping import Interrupted
 
 app = typer.Typer(
     name="mnist-hpo",
@@ -59,6 +61,9 @@ def _command(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Interrupted as e:
+            typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(e.exit_code) from None
         except HpoError as e:
             _error(str(e))
             raise typer.Exit(e.exit_code) from None
@@ -192,6 +197,7 @@ def work(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also print each trial's params and epochs.")
     ] = False,
+    artifacts: ArtifactsOpt = None,
     label: Annotated[str, typer.Option(hidden=True, help="Prefix for output lines.")] = "",
     storage: StorageOpt = None,
 ) -> None:
@@ -206,6 +212,7 @@ def work(
         data_dir=data_dir,
         download=download,
         wait=wait,
+        artifacts=artifacts,
     )
     raise typer.Exit(_work(_storage_url(storage), study, options, jobs, verbose, label))
 
@@ -213,20 +220,34 @@ def work(
 def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: str = "") -> int:
     """One worker in this process, or `jobs` worker processes; returns the exit code."""
     from mnist_hpo import data as data_mod
+    from mnist_hpo import stopping, worker
     from mnist_hpo import study as study_mod
-    from mnist_hpo import worker
 
     _quiet_optuna()
     if jobs == 1:
         if not label:
             typer.echo(f"storage: {study_mod.redact(url)}")
-        summary = worker.run(
-            url,
-            study,
-            options,
-            listener=_printer(label, verbose),
-            download_progress=_download_bar(),
-        )
+        show = _printer(label, verbose)
+        stopper = stopping.Stopper(note=lambda text: show(Note(text)), exit_now=_exit_now(label))
+        stopper.install()
+        try:
+            summary = worker.run(
+                url,
+                study,
+                options,
+                listener=show,
+                download_progress=_download_bar(),
+                stopper=stopper,
+            )
+        except Interrupted as e:
+            if label:  # say which of `--jobs N`'s workers this is
+                raise Interrupted(f"[{label}] {e}", stopper.signum or 0) from None
+            raise
+        except BaseException:
+            stopper.hold()  # past the stop deadline, its thread re-queues the trial and exits
+            raise
+        finally:
+            stopper.uninstall()
         typer.echo(
             f"{'[' + label + '] ' if label else ''}worker done: {summary.trials} trial(s) in "
             f"{summary.seconds:.0f} s; {summary.stop_reason}"
@@ -235,7 +256,9 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
     typer.echo(f"storage: {study_mod.redact(url)}")
     # Check the study and fetch the data once here, so N workers do not each report the same
     # mistake or download the same files at the same time.
-    _, spec = study_mod.load(study_mod.open_storage(url, must_exist=True), study)
+    storage = study_mod.open_storage(url, must_exist=True, wait=study_mod.storage_wait_seconds())
+    _, spec = study_mod.load(storage, study)
+    storage.engine.dispose()  # hold no database connection while the workers run
     worker.resolve_device(options.device)
     bar = _download_bar()
     data_mod.load(spec.dataset, options.data_dir, download=options.download, progress=bar)
@@ -249,6 +272,8 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
         args += ["--timeout", str(options.timeout)]
     if options.data_dir is not None:
         args += ["--data-dir", str(options.data_dir)]
+    if options.artifacts is not None:
+        args += ["--artifacts", options.artifacts]
     typer.echo(f"starting {jobs} worker processes with {options.threads} thread(s) each")
     code = _run_children(
         [[sys.executable, "-m", "mnist_hpo", *args, "--label", f"w{i}"] for i in range(jobs)]
@@ -258,27 +283,53 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
     return code
 
 
+def _exit_now(label: str) -> Callable[[int, str], NoReturn]:
+    """For a second Ctrl-C / SIGTERM: one last line, then exit without unwinding anything."""
+
+    def exit_now(code: int, text: str) -> NoReturn:
+        sys.stdout.flush()
+        typer.secho(f"{'[' + label + '] ' if label else ''}{text}", fg="yellow", err=True)
+        sys.stderr.flush()
+        os._exit(code)
+
+    return exit_now
+
+
 def _run_children(commands: list[list[str]]) -> int:
-    """Start worker processes, forward SIGTERM/SIGINT to them, return the worst exit code."""
-    procs = [subprocess.Popen(cmd) for cmd in commands]
+    """Start worker processes, pass SIGTERM/SIGINT on to them, return the worst exit code.
+
+    The workers run in their own process group, so a terminal's Ctrl-C reaches them once,
+    through here: the first signal asks each to stop after its epoch, a second exits at once.
+    """
+    from mnist_hpo import stopping
+
+    procs = [subprocess.Popen(cmd, process_group=0) for cmd in commands]
+    signals: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            typer.secho(
+                f"{stopping.signal_name(signum)}: asking {len(procs)} workers to stop after "
+                "their current epoch and re-queue their trials; again to stop them at once",
+                fg="yellow",
+                err=True,
+            )
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while any(p.poll() is None for p in procs):
-            try:
-                time.sleep(0.2)
-            except KeyboardInterrupt:
-                # The terminal already sent SIGINT to the whole process group; just wait.
-                continue
+            time.sleep(0.2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     codes = [p.returncode for p in procs]
-    return max(codes, key=lambda c: (c != 0, abs(c)))
+    # A worker killed by a signal has a negative code; report it as the shell does (128 + N).
+    codes = [128 - c if c < 0 else c for c in codes]
+    return max(codes, key=lambda c: (c != 0, c))
 
 
 def _download_bar() -> Callable[[str, int, int | None], None]:

@@ -74,7 +74,8 @@ def open_dashboard(
     optuna-dashboard does not create tables itself and fails on an empty database, so the
     storage goes through study.open_storage, which does.
     """
-    storage = study_mod.open_storage(storage_url)
+    # A threaded server answers several browser requests at once: more than a worker's 2.
+    storage = study_mod.open_storage(storage_url, connections=8)
     store = artifacts.open_store(artifacts_at)
     app = optuna_dashboard.wsgi(storage, artifact_store=store)
     try:

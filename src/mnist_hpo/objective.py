@@ -5,16 +5,25 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 
 from mnist_hpo import __version__
-from mnist_hpo.events import EpochDone, Listener, TrialStarted, ignore
+from mnist_hpo import checkpoints as ckpt
+from mnist_hpo import study as study_mod
+from mnist_hpo.checkpoints import Checkpoints
+from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted, ignore
 from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.space import Hyper
 from mnist_hpo.spec import StudySpec
+from mnist_hpo.stopping import Stopper, StopRequested
 from mnist_hpo.train import Data, EpochEnd, accuracy, prepare, train
+
+T = TypeVar("T")
 
 
 def versions() -> dict[str, str]:
@@ -34,14 +43,64 @@ class Objective:
     completed trial, and only recorded: choosing on the test set would overstate it.
     """
 
-    def __init__(self, spec: StudySpec, data: Data, *, listener: Listener = ignore) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        data: Data,
+        *,
+        listener: Listener = ignore,
+        checkpoints: Checkpoints | None = None,
+        stopper: Stopper | None = None,
+    ) -> None:
         self.spec = spec
         self.data = data
         self.listener = listener
+        self.checkpoints = checkpoints
+        self.stopper = stopper
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.current: FrozenTrial | None = None  # the trial being run, as it was when it started
+
+    def _save(self, what: str, action: Callable[[], T]) -> T:
+        """A storage write that survives a database restart (bounded by STORAGE_WAIT)."""
+
+        def note(text: str) -> None:
+            self.listener(Note(text))
+
+        try:
+            return study_mod.retrying(action, what=what, note=note)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TakenOver(what) from None
+
+    def _resume(
+        self, trial: optuna.Trial, frozen: FrozenTrial
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The checkpoint key of this retry chain and the state to resume from, if any."""
+        pointer = frozen.user_attrs.get(ckpt.ATTR)
+        if self.checkpoints is None:
+            return "", None
+        if not pointer:
+            return ckpt.new_key(self.spec.name, study_mod.original_number(frozen)), None
+        key = str(pointer["key"])
+        epoch = max(frozen.intermediate_values, default=0)  # the last epoch reported
+        if epoch < 1:
+            return key, None
+        try:
+            return key, self.checkpoints.load(key, epoch)
+        except LookupError as e:
+            self.listener(
+                Note(
+                    f"trial {trial.number} starts from scratch: {e} (several machines need one "
+                    "shared artifact location: MNIST_HPO_ARTIFACTS)"
+                )
+            )
+            return key, None
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec, family = self.spec, self.spec.family_def
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        self.current = frozen
+        if self.stopper is not None and self.stopper.requested:
+            raise StopRequested  # a signal came while the trial was being taken
         hp = Hyper(trial, spec.overrides)
         arch = family.sample(hp)
         # A retried trial inherits its user attrs, seed included, so it trains the same way.
@@ -49,36 +108,85 @@ class Objective:
         cfg = sample_training(hp, epochs=spec.epochs, seed=seed)
         torch.manual_seed(seed)
         model = prepare(family.build(arch), self.data.device)
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("n_params", sum(p.numel() for p in model.parameters()))
-        trial.set_user_attr("device", str(self.data.device))
-        trial.set_user_attr("worker", self.worker)
-        trial.set_user_attr("versions", versions())
-        self.listener(TrialStarted(trial.number, dict(trial.params), resumed_from=0))
+        key, resume = self._resume(trial, frozen)
+        resumed_from = int(resume["epoch"]) if resume is not None else 0
+        attrs: dict[str, Any] = {
+            "seed": seed,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "device": str(self.data.device),
+            "worker": self.worker,
+            "versions": versions(),
+            # Epochs this attempt restored instead of training (0: a fresh start).
+            "resumed_from_epoch": resumed_from,
+        }
+        if key and resume is None:
+            attrs[ckpt.ATTR] = {"key": key}  # retries inherit it, so they find the files
 
-        history: list[float] = []
-        seconds: list[float] = []
+        def start() -> None:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+
+        self._save(f"starting trial {trial.number}", start)
+        self.listener(TrialStarted(trial.number, dict(trial.params), resumed_from=resumed_from))
+
+        history: list[float] = list(resume["val_history"]) if resume is not None else []
+        seconds: list[float] = list(resume["epoch_seconds"]) if resume is not None else []
+        reported = set(frozen.intermediate_values)
 
         def on_epoch(e: EpochEnd) -> None:
+            if self.stopper is not None:
+                self.stopper.hold()  # past the stop deadline: that thread owns the trial now
             history.append(e.val_accuracy)
             seconds.append(round(e.seconds, 3))
-            trial.report(e.val_accuracy, e.epoch)
+            if self.checkpoints is not None:
+                # Saved before the epoch is reported: a reported epoch always has a complete
+                # checkpoint, and the retry resumes from its last inherited reported epoch.
+                self.checkpoints.save(key, e.epoch, e.state())
+
+            def record() -> None:
+                if e.epoch not in reported:  # a retry inherits the epochs already reported
+                    trial.report(e.val_accuracy, e.epoch)
+                if e.diverged:
+                    trial.set_user_attr("diverged", True)
+
+            self._save(f"recording epoch {e.epoch} of trial {trial.number}", record)
+            reported.add(e.epoch)
             self.listener(EpochDone(trial.number, e.epoch, cfg.epochs, e.val_accuracy, e.seconds))
             if e.diverged:
-                trial.set_user_attr("diverged", True)
+                return
             # After the last epoch there is nothing left to save: finish and record test accuracy.
-            elif e.epoch < cfg.epochs and trial.should_prune():
-                record_history()
-                raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
+            if e.epoch < cfg.epochs:
+                if self.stopper is not None and self.stopper.requested:
+                    raise StopRequested
+                if self._save(f"asking the pruner about trial {trial.number}", trial.should_prune):
+                    self._save(f"finishing trial {trial.number}", record_history)
+                    raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
 
         def record_history() -> None:
             # Once per trial, not per epoch: each write is a commit (15-20 ms on SQLite, ~9 ms
             # on PostgreSQL here), and two per epoch were ~5% of a 1 s MLP epoch. The values
-            # per epoch are already stored as the trial's intermediate values.
+            # per epoch are already stored as the trial's intermediate values, and a retry
+            # gets the history of its resumed epochs back from the checkpoint.
             trial.set_user_attr("val_accuracy_per_epoch", history)
             trial.set_user_attr("epoch_seconds", seconds)
 
-        result = train(model, cfg, self.data, on_epoch)
-        record_history()
-        trial.set_user_attr("test_accuracy", accuracy(model, self.data.test_x, self.data.test_y))
+        result = train(model, cfg, self.data, on_epoch, resume=resume)
+        test = accuracy(model, self.data.test_x, self.data.test_y)
+
+        def finish() -> None:
+            record_history()
+            trial.set_user_attr("test_accuracy", test)
+            trial.set_user_attr("epochs_trained", result.epochs_run)
+
+        self._save(f"finishing trial {trial.number}", finish)
         return result.val_accuracy
+
+    def cleanup(self, trial: FrozenTrial) -> None:
+        """Delete a finished (COMPLETE or PRUNED) trial's checkpoints."""
+        pointer = trial.user_attrs.get(ckpt.ATTR)
+        if self.checkpoints is not None and pointer:
+            self.checkpoints.remove(str(pointer["key"]), self.spec.epochs)
+
+
+class TakenOver(Exception):
+    """Another worker failed this trial as dead (its heartbeat was late) and re-queued it."""

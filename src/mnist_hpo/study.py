@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.orm
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
@@ -25,9 +31,275 @@ DATA_ATTR = "data"  # study user attr: fingerprint and source of the data the fi
 # Heartbeat: a worker marks its running trial alive every HEARTBEAT seconds from a side thread
 # (training releases the GIL inside torch ops, so the thread keeps time even mid-epoch). A trial
 # silent for GRACE seconds is failed and re-queued by the next worker that asks for a trial.
+# Both can be set from the environment (tests use 1 s and 5 s); GRACE must cover the longest
+# gap between two heartbeats, database hiccups included, so keep it >= 5 x HEARTBEAT.
 HEARTBEAT = 10
 GRACE = 60
 MAX_RETRY = 3  # a trial that kills its worker 3 times (e.g. out of memory) is given up
+# How long a worker keeps retrying a storage it lost (a PostgreSQL restart takes 1-5 s; a
+# failover or a rebooted host a few minutes) before it gives up with an error.
+STORAGE_WAIT = 300.0
+
+# PostgreSQL connections per worker process: the main thread and Optuna's heartbeat thread each
+# hold one only while they talk to the database, so a pool of 1 plus 1 overflow never makes
+# either wait. PostgreSQL's default max_connections = 100 keeps 3 for superusers, so 97 / 2 = 48
+# worker processes fit at once (plus `--jobs N`'s parent, which closes its pool at once).
+PG_POOL_SIZE = 1
+PG_MAX_OVERFLOW = 1
+PG_CONNECT_TIMEOUT = 10  # seconds; an unreachable host fails this fast, then the wait retries
+SQLITE_BUSY_MS = 60_000  # a SQLite writer waits up to 60 s for another's lock
+
+
+def _env_number(name: str, default: float, *, minimum: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum:
+        raise UsageError(f"{name}={raw!r} must be a number >= {minimum:g} (seconds)")
+    return value
+
+
+def heartbeat_seconds() -> int:
+    """MNIST_HPO_HEARTBEAT, default HEARTBEAT (whole seconds: Optuna stores an integer)."""
+    return int(_env_number("MNIST_HPO_HEARTBEAT", HEARTBEAT, minimum=1))
+
+
+def grace_seconds() -> int:
+    """MNIST_HPO_GRACE, default GRACE; must exceed the heartbeat interval."""
+    grace = int(_env_number("MNIST_HPO_GRACE", GRACE, minimum=1))
+    beat = heartbeat_seconds()
+    if grace <= beat:
+        raise UsageError(
+            f"MNIST_HPO_GRACE ({grace} s) must exceed MNIST_HPO_HEARTBEAT ({beat} s), or live "
+            "trials are failed as dead; use at least 5 x the heartbeat"
+        )
+    return grace
+
+
+def storage_wait_seconds() -> float:
+    """MNIST_HPO_STORAGE_WAIT, default STORAGE_WAIT: how long a worker retries a lost storage."""
+    return _env_number("MNIST_HPO_STORAGE_WAIT", STORAGE_WAIT, minimum=0)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for storage errors that waiting can fix: connection lost or refused, lock timeouts.
+
+    Optuna wraps SQLAlchemy errors raised at commit in StorageInternalError; the cause chain
+    says what really happened.
+    """
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(
+            seen,
+            sqlalchemy.exc.OperationalError
+            | sqlalchemy.exc.InterfaceError
+            | sqlalchemy.exc.TimeoutError,
+        ):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def describe(error: BaseException) -> str:
+    """The first line of the database's own message, for one-line notes and errors."""
+    cause: BaseException = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    return (text.splitlines() or [type(cause).__name__])[0]
+
+
+T = TypeVar("T")
+
+
+def retrying(
+    action: Callable[[], T],
+    *,
+    what: str,
+    wait: float | None = None,
+    note: Callable[[str], None] | None = None,
+) -> T:
+    """Run `action`, retrying transient storage errors with backoff for up to `wait` seconds.
+
+    Backoff 0.5, 1, 2, 4, 8, 10, 10 ... s: a PostgreSQL restart (1-5 s) costs a few short
+    retries; a longer outage is polled every 10 s until the bounded wait runs out.
+    """
+    limit = storage_wait_seconds() if wait is None else wait
+    started = time.monotonic()
+    delay = 0.5
+    noted = False
+    while True:
+        try:
+            return action()
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            if not is_transient(e):
+                raise
+            waited = time.monotonic() - started
+            if waited >= limit:
+                raise HpoError(
+                    f"lost the storage while {what} and it did not come back within "
+                    f"{limit:g} s ({describe(e)}); check the database server, then start the "
+                    "worker again (MNIST_HPO_STORAGE_WAIT sets the wait)"
+                ) from None
+            if note is not None and not noted:
+                note(
+                    f"storage unavailable while {what} ({describe(e)}); retrying for up to "
+                    f"{limit:g} s"
+                )
+                noted = True
+            time.sleep(min(delay, max(0.0, limit - waited)))
+            delay = min(10.0, delay * 2)
+
+
+class WorkerStorage(RDBStorage):
+    """RDBStorage whose heartbeat survives a database restart and that also catches trials
+    whose worker died before its first heartbeat.
+
+    Optuna's heartbeat thread dies (with a traceback) on the first failed write, after which a
+    live trial is failed as stale; here a missed heartbeat is simply retried at the next beat.
+    Optuna's stale check only looks at trials that have a heartbeat row; a worker killed between
+    taking a trial and its first heartbeat would leave that trial RUNNING forever.
+    """
+
+    note: Callable[[str], None] | None = None  # where to say that the storage is being retried
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            if not is_transient(e):
+                raise
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+
+        assert self.grace_period is not None
+        grace = timedelta(seconds=self.grace_period)
+        # Optuna writes datetime_start from the worker's clock (naive local time), heartbeats
+        # from the database's clock: compare each with the clock that wrote it.
+        now = datetime.now()
+        stale = []
+        session = self.scoped_session()
+        try:
+            db_now = session.execute(sqlalchemy.func.now()).scalar()
+            assert db_now is not None
+            db_now = db_now.replace(tzinfo=None)
+            running = (
+                session.query(models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            for trial in running:
+                if trial.heartbeats:
+                    if db_now - trial.heartbeats[0].heartbeat > grace:
+                        stale.append(int(trial.trial_id))
+                elif trial.datetime_start is not None:
+                    start = trial.datetime_start
+                    if (datetime.now(start.tzinfo) if start.tzinfo else now) - start > grace:
+                        stale.append(int(trial.trial_id))
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return stale
+
+
+# Every storage call on a trial's path retries a lost connection, so a database restart in the
+# middle of Optuna's own ask/tell (which cannot be retried from outside: Optuna fails with an
+# UnboundLocalError if the database is still down when it re-reads the trial) is waited out.
+_RETRIED = (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "_get_best_trial_id",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "_get_trials",
+    "get_all_trials",
+    "_get_stale_trial_ids",
+)
+
+
+def _with_retry(name: str) -> Callable[..., Any]:
+    method = getattr(WorkerStorage, name)
+
+    @functools.wraps(method)
+    def call(self: WorkerStorage, *args: Any, **kwargs: Any) -> Any:
+        attempts = 0
+
+        def once() -> Any:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retried state change whose first attempt was committed just before the
+                # connection dropped: done already.
+                if attempts > 1 and name == "set_trial_state_values":
+                    wanted = kwargs.get("state", args[1] if len(args) > 1 else None)
+                    if method_get_trial(self, args[0]).state == wanted:
+                        return True
+                raise
+
+        return retrying(once, what=f"talking to the database ({name})", note=self.note)
+
+    return call
+
+
+method_get_trial = WorkerStorage.get_trial
+for _name in _RETRIED:
+    setattr(WorkerStorage, _name, _with_retry(_name))
+
+
+def _harden_sqlite(engine: sqlalchemy.engine.Engine) -> None:
+    """WAL, a busy timeout and BEGIN IMMEDIATE, so several local workers never see "locked".
+
+    pysqlite opens transactions lazily as readers and upgrades them to writers on the first
+    write; if another process committed in between, SQLite refuses at once ("database is
+    locked") whatever the timeout. BEGIN IMMEDIATE takes the write lock up front, so a writer
+    waits its turn (busy_timeout) instead. WAL lets readers go on while one worker writes.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(conn: sqlalchemy.engine.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made while Optuna set up its tables lack the settings
 
 
 def default_storage_url() -> str:
@@ -42,11 +314,16 @@ def redact(url: str) -> str:
         return url
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> RDBStorage:
+def open_storage(
+    url: str, *, must_exist: bool = False, wait: float = 0.0, connections: int = 2
+) -> WorkerStorage:
     """An Optuna RDBStorage for any SQLAlchemy URL, with heartbeat and retry of dead trials.
 
     `postgresql://` means psycopg 3 (the driver this package installs). With `must_exist`, a
-    SQLite URL naming a missing file is an error instead of a new empty database.
+    SQLite URL naming a missing file is an error instead of a new empty database. With `wait`,
+    an unreachable database server is retried for that many seconds before the error (a worker
+    may start before its database). `connections` caps PostgreSQL connections (pool plus
+    overflow): 2 for a worker, more for the threaded dashboard.
     """
     try:
         parsed = make_url(url)
@@ -58,7 +335,8 @@ def open_storage(url: str, *, must_exist: bool = False) -> RDBStorage:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
         path = Path(parsed.database or "")
         if not parsed.database or parsed.database == ":memory:":
             raise UsageError("an in-memory SQLite storage cannot be shared; give a file path")
@@ -68,39 +346,75 @@ def open_storage(url: str, *, must_exist: bool = False) -> RDBStorage:
                 "or pass the right --storage / MNIST_HPO_STORAGE"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Wait up to 60 s for another worker's write lock instead of failing at once with
-        # "database is locked" (sqlite3's default wait is 5 s).
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        # While Optuna sets up its tables, before _harden_sqlite's busy_timeout applies.
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_MS / 1000}
     else:
-        # Two connections per worker (main thread + heartbeat thread), checked before use so a
-        # restarted database server costs a reconnect, not a crash.
-        engine_kwargs.update(pool_size=2, max_overflow=2, pool_pre_ping=True)
+        # Connections are checked before use (pool_pre_ping), so a restarted database server
+        # costs a reconnect, not a crash; see PG_POOL_SIZE for the sizing.
+        pool = max(PG_POOL_SIZE, connections // 2)
+        engine_kwargs.update(
+            pool_size=pool,
+            max_overflow=max(PG_MAX_OVERFLOW, connections - pool),
+            pool_pre_ping=True,
+        )
+        if parsed.get_backend_name() == "postgresql":
+            engine_kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
     shown = redact(url)
-    try:
+    beat, grace = heartbeat_seconds(), grace_seconds()
+
+    def connect() -> WorkerStorage:
         with warnings.catch_warnings():
             # Heartbeat and its retry callback are marked experimental since Optuna 2.8; they
             # are Optuna 5's documented crash-recovery mechanism and we rely on them on purpose.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
+            storage = WorkerStorage(
                 parsed.render_as_string(hide_password=False),
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT,
-                grace_period=GRACE,
+                heartbeat_interval=beat,
+                grace_period=grace,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RETRY, inherit_intermediate_values=True
                 ),
             )
-    except (sqlalchemy.exc.NoSuchModuleError, ModuleNotFoundError) as e:
-        raise UsageError(
-            f"storage {shown} needs a database driver that is not installed ({e}); use "
-            "sqlite:/// or postgresql:// URLs"
-        ) from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", e) or e).strip().splitlines()[0]
-        raise HpoError(
-            f"cannot open storage {shown} ({reason}); check that the database server is "
-            "running and the URL is right"
-        ) from None
+        if sqlite:
+            _harden_sqlite(storage.engine)
+        return storage
+
+    started, delay = time.monotonic(), 0.5
+    while True:
+        try:
+            return connect()
+        except (sqlalchemy.exc.NoSuchModuleError, ModuleNotFoundError) as e:
+            raise UsageError(
+                f"storage {shown} needs a database driver that is not installed ({e}); use "
+                "sqlite:/// or postgresql:// URLs"
+            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            waited = time.monotonic() - started
+            if not is_transient(e) or waited >= wait:
+                tried = f", still after {waited:.0f} s of retries" if wait else ""
+                raise HpoError(
+                    f"cannot open storage {shown} ({describe(e)}{tried}); check that the "
+                    "database server is running and the URL is right"
+                ) from None
+            time.sleep(min(delay, wait - waited))
+            delay = min(10.0, delay * 2)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Re-queue a failed trial as Optuna's heartbeat retry does: same params, user attrs
+    (checkpoint pointer included) and intermediate values, retry history extended."""
+    callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+    if callback is not None:
+        callback(study, trial)
+
+
+def original_number(trial: FrozenTrial) -> int:
+    """The number of the first trial in a retry chain (the trial itself if it is no retry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        first = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if first is None else int(first)
 
 
 def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:

@@ -7,19 +7,24 @@ fingerprint all come from the study itself.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_hpo import artifacts
 from mnist_hpo import data as data_mod
 from mnist_hpo import study as study_mod
+from mnist_hpo.checkpoints import Checkpoints
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
-from mnist_hpo.objective import Objective
+from mnist_hpo.objective import Objective, TakenOver
+from mnist_hpo.stopping import Stopper, StopRequested
 
 POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
 
@@ -33,6 +38,7 @@ class WorkOptions:
     data_dir: Path | None = None  # explicit MNIST location (else cache, then download)
     download: bool = True  # allow downloading MNIST into the cache
     wait: bool = True  # when the budget is spent, wait for trials still running elsewhere
+    artifacts: str | None = None  # checkpoint location (folder or s3://BUCKET); None = default
 
 
 @dataclass
@@ -89,18 +95,27 @@ def run(
     *,
     listener: Listener = ignore,
     download_progress: data_mod.Progress | None = None,
+    stopper: Stopper | None = None,
 ) -> WorkSummary:
-    """Run trials until the study's budget is spent (or this worker's own limit is hit)."""
+    """Run trials until the study's budget is spent (or this worker's own limit is hit).
+
+    With a `stopper` (signal handling, installed by the caller), SIGTERM or Ctrl-C ends the
+    current trial after its epoch, re-queues it, and raises stopping.Interrupted.
+    """
     started = time.monotonic()
     device = resolve_device(options.device)
     if options.threads:
         torch.set_num_threads(options.threads)
-    storage = study_mod.open_storage(storage_url, must_exist=True)
-    study, spec = study_mod.load(storage, study_name)
 
     def message(text: str) -> None:
         listener(Note(text))
 
+    wait = study_mod.storage_wait_seconds()
+    storage = study_mod.open_storage(storage_url, must_exist=True, wait=wait)
+    storage.note = message
+    study, spec = study_mod.retrying(
+        lambda: study_mod.load(storage, study_name), what="loading the study", note=message
+    )
     raw = data_mod.load(
         spec.dataset,
         options.data_dir,
@@ -108,7 +123,7 @@ def run(
         message=message,
         progress=download_progress,
     )
-    check_data(study, raw)
+    study_mod.retrying(lambda: check_data(study, raw), what="checking the data", note=message)
     listener(Note(f"data: {raw.source}"))
     split = data_mod.split(
         raw, validation_size=spec.validation_size, train_size=spec.train_size, device=device
@@ -120,11 +135,15 @@ def run(
             f"validation / {len(split.test_x):,} test images on {device}"
         )
     )
-    objective = Objective(spec, split, listener=listener)
+    location = options.artifacts or str(artifacts.default_location())
+    checkpoints = Checkpoints(artifacts.open_store(location), location)
+    objective = Objective(spec, split, listener=listener, checkpoints=checkpoints, stopper=stopper)
     summary = WorkSummary()
 
     def finished(study: optuna.Study, t: FrozenTrial) -> None:
         summary.states[t.state.name] = summary.states.get(t.state.name, 0) + 1
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            objective.cleanup(t)
         best = study_mod.best_trial(study)
         steps = sorted(t.intermediate_values)
         seconds = (
@@ -148,31 +167,125 @@ def run(
             )
         )
 
+    def requeue_current(why: str, *, failed_here: bool = False) -> str:
+        """Fail the trial this worker was running (if still RUNNING) and re-queue it.
+
+        `failed_here`: Optuna already marked it FAIL because our objective raised StopRequested.
+        """
+        current = objective.current
+        if current is None:
+            return "no trial was running"
+        try:
+            study_mod.retrying(
+                lambda: storage.set_trial_state_values(current._trial_id, TrialState.FAIL),
+                what=f"re-queuing trial {current.number}",
+                note=message,
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Finished here, or failed as dead and re-queued by another worker: not ours now.
+            state = storage.get_trial(current._trial_id).state
+            if not (failed_here and state == TrialState.FAIL):
+                return f"trial {current.number} was already {state.name}; nothing to re-queue"
+        failed = storage.get_trial(current._trial_id)
+        study_mod.retrying(
+            lambda: study_mod.requeue(study, failed),
+            what=f"re-queuing trial {current.number}",
+            note=message,
+        )
+        epoch = max(failed.intermediate_values, default=0)
+        where = f"after epoch {epoch}" if epoch else "from the start"
+        return f"trial {current.number} ({why}) was re-queued; its retry resumes {where}"
+
+    if stopper is not None:
+        stopper.on_deadline = lambda: requeue_current("its epoch was cut short")
+
     waiting_noted = False
+    outage_started: float | None = None
+    delay = 0.5
     while True:
+        if stopper is not None and stopper.requested:
+            stopper.take()
+            raise stopper.interrupted("between trials; nothing to re-queue")
         if options.n_trials is not None and summary.trials >= options.n_trials:
             summary.stop_reason = f"ran the {options.n_trials} trial(s) asked of this worker"
             break
         if options.timeout is not None and time.monotonic() - started >= options.timeout:
             summary.stop_reason = f"timeout of {options.timeout:g} s reached"
             break
-        study_mod.fail_stale(study)
-        p = study_mod.progress(study, spec)
-        if not p.counts.get("WAITING") and p.spent >= p.budget:
-            running = p.counts.get("RUNNING", 0)
-            if running and options.wait:
-                if not waiting_noted:
-                    listener(
-                        Note(
-                            f"budget of {p.budget} trials is spent; waiting for {running} trial(s) "
-                            "running on other workers (a dead worker's trial is retried here)"
+        objective.current = None
+        try:
+            study_mod.fail_stale(study)
+            p = study_mod.progress(study, spec)
+            if not p.counts.get("WAITING") and p.spent >= p.budget:
+                running = p.counts.get("RUNNING", 0)
+                if running and options.wait:
+                    if not waiting_noted:
+                        listener(
+                            Note(
+                                f"budget of {p.budget} trials is spent; waiting for {running} "
+                                "trial(s) running on other workers (a dead worker's trial is "
+                                "retried here)"
+                            )
                         )
+                        waiting_noted = True
+                    time.sleep(POLL)
+                    continue
+                summary.stop_reason = f"the study's budget of {p.budget} trials is spent"
+                break
+            if stopper is not None:
+                stopper.in_trial = True
+            try:
+                study.optimize(objective, n_trials=1, callbacks=[finished])
+            finally:
+                if stopper is not None:
+                    stopper.in_trial = False
+            outage_started, delay = None, 0.5
+        except StopRequested:
+            if stopper is None:
+                raise
+            stopper.take()
+            raise stopper.interrupted(
+                requeue_current("stopped mid-trial", failed_here=True)
+            ) from None
+        except (TakenOver, optuna.exceptions.UpdateFinishedTrialError):
+            # Our heartbeat was late (a stalled machine) and another worker failed the trial;
+            # its retry continues from the checkpoint on whichever worker takes it. Optuna's
+            # own tell raises UpdateFinishedTrialError when it finds the trial already FAIL.
+            number = objective.current.number if objective.current else "?"
+            listener(
+                Note(
+                    f"trial {number} was failed as dead by another worker (no heartbeat for "
+                    f"{study_mod.grace_seconds()} s) and re-queued; moving on"
+                )
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            if not study_mod.is_transient(e):
+                raise
+            now = time.monotonic()
+            if outage_started is None:
+                outage_started = now
+                listener(
+                    Note(
+                        f"storage unavailable ({study_mod.describe(e)}); retrying for up to "
+                        f"{wait:g} s"
                     )
-                    waiting_noted = True
-                time.sleep(POLL)
-                continue
-            summary.stop_reason = f"the study's budget of {p.budget} trials is spent"
-            break
-        study.optimize(objective, n_trials=1, callbacks=[finished])
+                )
+            elif now - outage_started >= wait:
+                raise HpoError(
+                    f"lost the storage for more than {wait:g} s ({study_mod.describe(e)}); "
+                    "check the database server, then start the worker again "
+                    "(MNIST_HPO_STORAGE_WAIT sets the wait)"
+                ) from None
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
+            if objective.current is not None:
+                # The trial this worker ran could not be finished in storage; hand it on now
+                # instead of waiting for its heartbeat to expire.
+                with contextlib.suppress(HpoError):
+                    note = requeue_current("its result could not be stored")
+                    listener(Note(note))
+        if stopper is not None and stopper.requested:
+            stopper.take()
+            raise stopper.interrupted("the running trial finished first; nothing to re-queue")
     summary.seconds = time.monotonic() - started
     return summary

@@ -1,0 +1,232 @@
+"""Soak / fault test: N worker processes x M trials on SQLite and PostgreSQL, with random SIGKILLs.
+
+Each backend runs one study twice with the same spec: once undisturbed (the baseline), once
+while a supervisor SIGKILLs a random worker every few seconds and starts a replacement (as a
+restart policy would). Then it counts what a user would care about:
+
+- trials/s of both runs and their ratio, and the best validation accuracy of each;
+- retries: trials failed by the heartbeat and re-queued, and how many resumed from a
+  checkpoint (epochs not trained again);
+- lost: trials left RUNNING or WAITING, FAIL trials without a finished retry, budget not met,
+  checkpoint files left behind. It must be 0 for every item; the script exits 1 otherwise.
+
+The objective is the real one on a tiny slice of real MNIST (perceptron, 2,000 training images,
+4 epochs), so each trial takes a second or two and the faults hit every phase of a trial.
+Heartbeat 1 s, grace 5 s (MNIST_HPO_HEARTBEAT / MNIST_HPO_GRACE), as in the tests.
+
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/soak.py \\
+        [--workers 4] [--trials 24] [--kills 5] [--backends sqlite,postgres] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from mnist_hpo import study as study_mod
+from mnist_hpo.spec import load_spec
+
+SPEC = """
+family = "perceptron"
+epochs = 4
+n_trials = {trials}
+seed = 0
+train_size = 2000
+validation_size = 500
+
+[params]
+batch_size = [32, 64]
+"""
+PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    complete: int
+    pruned: int
+    retries: int  # trials created by a retry
+    resumed: int  # retries that resumed from a checkpoint
+    epochs_saved: int  # epochs restored from checkpoints instead of trained again
+    kills: int
+    best_val: float
+    lost: dict[str, int]  # what went missing, by kind (all must be 0)
+    overshoot: int  # finished trials beyond the budget
+
+
+def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> Outcome:
+    name = f"soak_{uuid.uuid4().hex[:6]}"
+    spec_file = folder / f"{name}.toml"
+    spec_file.write_text(SPEC.format(trials=args.trials), encoding="utf-8")
+    study, _ = study_mod.create(study_mod.open_storage(url), load_spec(str(spec_file)))
+    artifacts = folder / f"artifacts-{name}"
+    env = {
+        **os.environ,
+        "MNIST_HPO_STORAGE": url,
+        "MNIST_HPO_ARTIFACTS": str(artifacts),
+        "MNIST_HPO_HEARTBEAT": "1",
+        "MNIST_HPO_GRACE": "5",
+    }
+    logs = folder / f"logs-{name}"
+    logs.mkdir()
+    cmd = [sys.executable, "-m", "mnist_hpo", "work", name, "--threads", "1", "--no-download"]
+    started = time.monotonic()
+    count = 0
+
+    def spawn() -> subprocess.Popen[bytes]:
+        nonlocal count
+        count += 1
+        log = (logs / f"worker{count}.log").open("wb")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    rng = random.Random(args.seed)
+    procs = [spawn() for _ in range(args.workers)]
+    done_kills = 0
+    next_kill = time.monotonic() + rng.uniform(8, 12)  # workers take ~5 s to start
+    while any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+        if done_kills < kills and time.monotonic() >= next_kill:
+            alive = [p for p in procs if p.poll() is None]
+            # Prefer a worker in the middle of a trial (its pid is in the trial's "worker"
+            # attr): killing one that is still importing torch tests nothing.
+            running = {
+                str(t.user_attrs.get("worker", "")).rsplit(":", 1)[-1]
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            }
+            busy = [p for p in alive if str(p.pid) in running]
+            victim = rng.choice(busy or alive)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            done_kills += 1
+            procs.append(spawn())  # the restart policy
+            next_kill = time.monotonic() + rng.uniform(2, 6)
+    seconds = time.monotonic() - started
+    bad_exits = sum(p.returncode not in (0, -signal.SIGKILL) for p in procs)
+    errors = 0
+    for log in logs.iterdir():
+        text = log.read_text(errors="replace")
+        errors += text.count("Traceback") + text.count("database is locked")
+        errors += text.count("error:")
+
+    trials = study_mod.load(study_mod.open_storage(url), name)[0].get_trials()
+    finished = {TrialState.COMPLETE, TrialState.PRUNED}
+    retried_ok = {
+        n for t in trials if t.state in finished for n in t.system_attrs.get("retry_history", [])
+    }
+    retries = [t for t in trials if t.system_attrs.get("retry_history")]
+    done = [t for t in trials if t.state in finished]
+    leftovers = [p.name for p in artifacts.iterdir()] if artifacts.is_dir() else []
+    lost = {
+        "left RUNNING/WAITING": sum(
+            t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials
+        ),
+        "FAIL without a finished retry": sum(
+            t.state == TrialState.FAIL and t.number not in retried_ok for t in trials
+        ),
+        "budget shortfall": max(0, args.trials - len(done)),
+        "checkpoint files left": len(leftovers),
+        "worker errors in logs": errors,
+        "bad exit codes": bad_exits,
+    }
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return Outcome(
+        seconds=seconds,
+        complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        retries=len(retries),
+        resumed=sum(t.user_attrs.get("resumed_from_epoch", 0) > 0 for t in retries),
+        epochs_saved=sum(int(t.user_attrs.get("resumed_from_epoch", 0)) for t in retries),
+        kills=done_kills,
+        best_val=max(values, default=0.0),
+        lost=lost,
+        overshoot=max(0, len(done) - args.trials),
+    )
+
+
+def pg_database() -> tuple[str, str]:
+    import psycopg
+
+    name = f"mnist_hpo_soak_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}", name
+
+
+def drop_pg(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def report(backend: str, label: str, o: Outcome, trials: int) -> None:
+    finished = o.complete + o.pruned
+    print(
+        f"{backend:<8} {label:<9} {o.seconds:6.1f} s  {finished / o.seconds:5.2f} trials/s  "
+        f"{o.complete} complete, {o.pruned} pruned (budget {trials}, +{o.overshoot})  "
+        f"best val {100 * o.best_val:.2f}%  kills {o.kills}  retries {o.retries} "
+        f"(resumed {o.resumed}, {o.epochs_saved} epochs not retrained)  "
+        f"lost {sum(o.lost.values())}"
+    )
+    for kind, n in o.lost.items():
+        if n:
+            print(f"    LOST: {kind}: {n}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--kills", type=int, default=5)
+    p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="Skip the undisturbed runs.")
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lost_total = 0
+    print(
+        f"{args.workers} workers x {args.trials} trials (perceptron, 2,000 images, 4 epochs), "
+        f"{args.kills} random SIGKILLs per faulty run; heartbeat 1 s, grace 5 s"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for backend in args.backends.split(","):
+            rates = {}
+            for label, kills in (("baseline", 0), ("SIGKILLs", args.kills)):
+                if label == "baseline" and args.no_baseline:
+                    continue
+                if backend == "sqlite":
+                    url, db = f"sqlite:///{folder / f'{label}.db'}", ""
+                else:
+                    url, db = pg_database()
+                try:
+                    o = run_study(url, folder, args, kills)
+                finally:
+                    if db:
+                        drop_pg(db)
+                report(backend, label, o, args.trials)
+                rates[label] = (o.complete + o.pruned) / o.seconds
+                lost_total += sum(o.lost.values())
+            if len(rates) == 2:
+                print(
+                    f"{backend:<8} throughput with faults / without: "
+                    f"{rates['SIGKILLs'] / rates['baseline']:.2f}"
+                )
+    print(f"lost in all runs: {lost_total}")
+    return 1 if lost_total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
