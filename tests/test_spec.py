@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, write_spec
 from mnist_hpo.errors import UsageError
-from mnist_hpo.spec import StudySpec, load_spec
+from mnist_hpo.spec import StudySpec, load_spec, parse
 
 SHIPPED = sorted((ROOT / "studies").glob("*.toml"))
 
@@ -62,7 +63,10 @@ BASE = 'family = "deep_mlp"\nepochs = 3\nn_trials = 5\n'
         (BASE + "[pruner_options]\nn_startup_trials = -1\n", "non-negative int"),
         (BASE + "[[enqueue]]\nlr = 99.0\n", "outside the allowed"),
         (BASE + "[[enqueue]]\nwidht_0 = 64\n", "'widht_0' is not a parameter"),
-        (BASE + "[params]\nlr = 0.01\n[[enqueue]]\nlr = 0.1\n", "outside what \\[params\\] allows"),
+        (BASE + "[params]\nlr = 0.01\n[[enqueue]]\nlr = 0.1\n", "outside the searched range"),
+        # Inside the family's limits but outside the range TPE searches: Optuna would run it
+        # with a warning and then refuse to re-queue it after a crash.
+        (BASE + "[[enqueue]]\nwidth_0 = 16\n", r"outside the searched range \(32..1024\); widen"),
         (BASE + "validation_size = 59000\ntrain_size = 5000\n", "leaves nothing to train on"),
         (BASE + 'name = "a b"\n', "must be letters, digits"),
         ("family = [\n", "is not valid TOML"),
@@ -104,3 +108,11 @@ hidden = [64, 128, 256]
 def test_missing_spec_file_says_where_it_looked() -> None:
     with pytest.raises(UsageError, match="no study spec named 'nope'"):
         load_spec("nope")
+
+
+def test_a_stored_spec_from_before_a_new_rule_still_loads() -> None:
+    # Studies created before enqueued values had to lie in the searched range stay usable.
+    data = parse(tomllib.loads(BASE), source="x.toml", default_name="x").to_dict()
+    data["enqueue"] = [{"width_0": 16}]
+    spec = StudySpec.from_dict(data, source="the spec stored in study 'x'")
+    assert spec.enqueue == [{"width_0": 16}]

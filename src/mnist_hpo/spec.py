@@ -20,7 +20,16 @@ from mnist_hpo.algorithms import PRUNERS, SAMPLERS
 from mnist_hpo.errors import UsageError
 from mnist_hpo.families import FAMILIES, Family
 from mnist_hpo.hyperparams import sample_training
-from mnist_hpo.space import Choices, Override, Param, Pin, Range, check_override, explore
+from mnist_hpo.space import (
+    ChoiceParam,
+    Choices,
+    Override,
+    Param,
+    Pin,
+    Range,
+    check_override,
+    explore,
+)
 
 DATASETS = {
     "mnist": "full MNIST: 60,000 training and 10,000 test images (official files, checksummed)",
@@ -81,7 +90,9 @@ class StudySpec:
 
     @staticmethod
     def from_dict(data: Mapping[str, Any], source: str = "the stored spec") -> StudySpec:
-        return parse(dict(data), source=source, default_name=str(data.get("name", "")))
+        # A stored spec was valid when its study was created; rules added since (such as the
+        # enqueue range check) must not lock users out of their existing studies.
+        return parse(dict(data), source=source, default_name=str(data.get("name", "")), stored=True)
 
 
 def declared_params(family: Family) -> dict[str, Param]:
@@ -131,7 +142,9 @@ def load_spec(ref: str, *, name: str | None = None) -> StudySpec:
     return parse(data, source=str(path), default_name=path.stem)
 
 
-def parse(data: dict[str, Any], *, source: str, default_name: str) -> StudySpec:
+def parse(
+    data: dict[str, Any], *, source: str, default_name: str, stored: bool = False
+) -> StudySpec:
     """Validate a spec dict; every problem is one sentence naming the source and the key."""
 
     def fail(msg: str) -> UsageError:
@@ -257,8 +270,14 @@ def parse(data: dict[str, Any], *, source: str, default_name: str) -> StudySpec:
                 raise fail(f"[[enqueue]] #{i} {name}: {e}") from None
             if not isinstance(value, Pin):
                 raise fail(f"[[enqueue]] #{i} {name}: give a single value")
-            if not _admits(overrides.get(name), value.value):
-                raise fail(f"[[enqueue]] #{i} {name}: {raw!r} is outside what [params] allows")
+            # Against the range the sampler will search: Optuna runs an enqueued value outside
+            # it with only a warning, but a retry of that trial (crash, SIGTERM) is rejected.
+            searched = overrides.get(name) or _default_range(declared[name])
+            if not stored and not _admits(searched, value.value):
+                raise fail(
+                    f"[[enqueue]] #{i} {name}: {raw!r} is outside the searched range "
+                    f"({_describe(searched)}); widen it in [params]"
+                )
             entry[name] = value.value
 
     dataset = data.get("dataset", "mnist")
@@ -269,6 +288,23 @@ def parse(data: dict[str, Any], *, source: str, default_name: str) -> StudySpec:
             f"{TRAIN_IMAGES[dataset]:,} training images"
         )
     return StudySpec(**data)
+
+
+def _default_range(p: Param) -> Override:
+    if isinstance(p, ChoiceParam):
+        return Choices(p.choices)
+    return Range(p.low, p.high, p.log)
+
+
+def _describe(o: Override) -> str:
+    match o:
+        case Pin(v):
+            return f"pinned to {v!r}"
+        case Choices(values):
+            return "one of " + ", ".join(repr(v) for v in values)
+        case Range(low, high, _):
+            return f"{low:g}..{high:g}"
+    return str(o)
 
 
 def _admits(o: Override | None, value: Any) -> bool:
