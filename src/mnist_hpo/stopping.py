@@ -133,7 +133,15 @@ class Stopper:
             if self.signum is None or self._claimed:
                 return  # the main thread is already re-queuing the trial
             self._claimed = self.cut = True
-        what = self.on_deadline() if self.on_deadline is not None else "no trial was running"
+        try:
+            what = self.on_deadline() if self.on_deadline is not None else "no trial was running"
+        except Exception as e:  # this thread must still exit the process
+            # Whatever went wrong (storage gone, Optuna refusing the copy), exiting is what the
+            # user asked for; the heartbeat then retries the trial as after a crash.
+            what = (
+                f"its trial could not be re-queued now ({type(e).__name__}: {e}); it is retried "
+                "when its heartbeat expires"
+            )
         self.exit_now(
             128 + self.signum,
             f"stopped by {signal_name(self.signum)}: the epoch did not finish within "
