@@ -223,7 +223,14 @@ def test_each_service_command_runs_against_postgres(
         "MNIST_HPO_ARTIFACTS": str(tmp_path / "artifacts"),
         "MNIST_HPO_STUDIES": str(ROOT / "studies"),
         "MNIST_HPO_DEVICE": "cpu",
+        # Not a path or a host: the container's own value (the worker's wait for its epoch
+        # on `docker compose stop`), which must end before compose's SIGKILL.
+        "MNIST_HPO_STOP_WAIT": interpolate(
+            str(c["services"]["worker"]["environment"]["MNIST_HPO_STOP_WAIT"]), compose_env
+        ),
     }
+    grace = interpolate(str(c["services"]["worker"]["stop_grace_period"]), compose_env)
+    assert grace.endswith("m") and float(local["MNIST_HPO_STOP_WAIT"]) < 60 * float(grace[:-1])
 
     def run(name: str) -> subprocess.CompletedProcess[str]:
         argv, env = _service(name, compose_env, local)
