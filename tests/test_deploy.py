@@ -254,7 +254,10 @@ def test_each_service_command_runs_against_postgres(
         assert w.returncode == 0 and "budget of 3 trials is spent" in out, out + err
     study, _ = study_mod.load(study_mod.open_storage(pg_url), "compose")
     states = [t.state.name for t in study.trials]
-    assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    # Replicas that check the budget at the same instant may each start one more trial: the
+    # README's documented bound is budget + (workers - 1).
+    assert 3 <= len(states) <= 3 + replicas - 1, states
+    assert set(states) <= {"COMPLETE", "PRUNED"}, states
 
     argv, env = _service("dashboard", compose_env, local)
     # In the container it listens on 0.0.0.0:8080 behind the 127.0.0.1-only port mapping;
