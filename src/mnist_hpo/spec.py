@@ -307,10 +307,8 @@ def _describe(o: Override) -> str:
     return str(o)
 
 
-def _admits(o: Override | None, value: Any) -> bool:
+def _admits(o: Override, value: Any) -> bool:
     match o:
-        case None:
-            return True
         case Pin(v):
             return bool(v == value)
         case Choices(values):
