@@ -19,7 +19,6 @@ machine without a GPU; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 import tempfile
@@ -50,16 +49,10 @@ def epoch_times(data: Data, batches: list[int], amp: bool) -> None:
                 torch.manual_seed(0)
                 model = prepare(family_models()[family], device)
                 cfg = TrainConfig(1, batch, "adam", 1e-3, 0.0, 0.0, "cross_entropy", "constant", 0)
-                ctx = (
-                    torch.autocast(device.type, dtype=torch.bfloat16)
-                    if precision == "bf16"
-                    else contextlib.nullcontext()
-                )
-                with ctx:
-                    train(model, cfg, data)  # warm-up: kernel selection, allocator
-                    torch.manual_seed(0)
-                    model = prepare(family_models()[family], device)
-                    result = train(model, cfg, data)
+                train(model, cfg, data, precision=precision)  # warm-up: kernels, allocator
+                torch.manual_seed(0)
+                model = prepare(family_models()[family], device)
+                result = train(model, cfg, data, precision=precision)
                 s = result.epoch_seconds[0]
                 print(
                     f"{family:<11} {batch:>5} {precision:<9} {s:>8.2f} "

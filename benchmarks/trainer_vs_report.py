@@ -4,12 +4,14 @@ The report's loop: TensorDataset + DataLoader(batch_size=5, shuffle=True), MSELo
 "sum") on one-hot targets, the report's optimizer (SGD lr 0.01 for the MLPs, lr 1e-4 for the
 perceptron since more diverges on standardised pixels; Adam lr 0.001 for the CNN), `loss.item()`
 every step, and test evaluation one image at a time. mnist-hpo's trainer (`train.train`):
-batches sliced from tensors shuffled once per epoch, one host sync per epoch, fused Adam lr 0.001
-with cross-entropy (Adam does more work per step than SGD, so the MLP ratios are if anything
+batches gathered from in-memory tensors in a per-epoch order, one host sync per epoch, fused
+Adam lr 0.001 with cross-entropy (Adam does more work per step than SGD, so the MLP ratios are if anything
 low), at the batch sizes the search samples (16..512), and evaluation in large batches under
-inference_mode. Both run the same model (the report's configuration of each family; the CNN as
-the report coded it, ReLU before pool, against mnist-hpo's pool-first channels_last one) on the
-same normalised tensors with the same torch thread count.
+inference_mode, in float32 and (where the CPU has native bfloat16) under bf16 autocast; the row
+`work --precision auto` would pick is starred. Both run the same model (the report's
+configuration of each family; the CNN as the report coded it, ReLU before pool, against
+mnist-hpo's pool-first channels_last one) on the same normalised tensors with the same torch
+thread count.
 
 Speed is compared as training samples per second, so the report loop may run on the first
 --report-limit images of an epoch (0 = the whole epoch) and still compare fairly. Accuracy is
@@ -29,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common import ReportCNN, family_models, machine, mnist
-from mnist_hpo.train import Data, TrainConfig, accuracy, prepare, train
+from mnist_hpo.train import Data, TrainConfig, accuracy, bf16_native, pick_precision, prepare, train
 
 
 def report_epoch(model: nn.Module, family: str, data: Data, limit: int) -> tuple[float, int]:
@@ -72,12 +74,14 @@ def report_eval(model: nn.Module, family: str, data: Data, limit: int) -> tuple[
     return time.perf_counter() - t0, correct / n, n
 
 
-def ours_epoch(model: nn.Module, data: Data, batch: int, limit: int) -> tuple[float, float, int]:
+def ours_epoch(
+    model: nn.Module, data: Data, batch: int, limit: int, precision: str
+) -> tuple[float, float, int]:
     """One epoch of train.train; returns (training seconds, validation accuracy, images)."""
     if limit:
         data = Data(data.train_x[:limit], data.train_y[:limit], *(getattr(data, k) for k in _EVAL))
     cfg = TrainConfig(1, batch, "adam", 0.001, 0.0, 0.0, "cross_entropy", "constant", seed=0)
-    result = train(model, cfg, data)
+    result = train(model, cfg, data, precision=precision)
     return result.epoch_seconds[0], result.val_accuracy, len(data.train_x)
 
 
@@ -108,7 +112,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = mnist()
     batches = [int(b) for b in args.batches.split(",")]
+    precisions = ["fp32", "bf16"] if bf16_native(data.device) else ["fp32"]
     print(f"machine: {machine()}; {len(data.train_x):,} training images per epoch")
+    print("mnist-hpo rows: batch size, precision; * = what `work --precision auto` picks")
     print(
         f"{'family':<11} {'loop':<22} {'samples/s':>10} {'s/epoch':>8} {'val acc':>8} "
         f"{'speed-up':>9}"
@@ -128,13 +134,15 @@ def main() -> None:
         )
         e_seconds, e_acc, e_n = report_eval(reference, family, data, args.eval_limit)
         report_eval_s = e_seconds * len(data.test_x) / e_n
-        for batch in batches:
+        for batch, precision in [(b, p) for b in batches for p in precisions]:
             torch.manual_seed(0)
             model = prepare(family_models()[family], data.device)
-            seconds, val, n = ours_epoch(model, data, batch, args.ours_limit)
+            auto = pick_precision("auto", model, batch, data.device)
+            seconds, val, n = ours_epoch(model, data, batch, args.ours_limit, precision)
             rate = n / seconds
+            label = f"mnist-hpo, {batch}, {precision}" + ("*" if precision == auto else "")
             print(
-                f"{family:<11} {f'mnist-hpo, batch {batch}':<22} {rate:>10,.0f} "
+                f"{family:<11} {label:<22} {rate:>10,.0f} "
                 f"{len(data.train_x) / rate:>8.2f} {val:>8.2%} {rate / base:>8.1f}x"
                 + (f"  ({n:,} images)" if n < len(data.train_x) else "")
             )

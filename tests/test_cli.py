@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SMALL_SPEC, run_cli, write_spec
 
@@ -94,6 +95,11 @@ def test_runtime_errors_exit_1_with_one_line(tmp_path: Path, mnist_dir: Path) ->
     _one_line_error(
         run_cli("work", "perceptron", "--storage", db, "--device", "cuda:7"), 1, "--device cuda:7"
     )
+    _one_line_error(
+        run_cli("work", "perceptron", "--storage", db, "--precision", "fp16"),
+        2,
+        "--precision 'fp16' is not a precision",
+    )
 
 
 def test_corrupt_data_stops_the_worker_before_any_trial(tmp_path: Path, mnist_dir: Path) -> None:
@@ -143,3 +149,16 @@ def test_every_command_has_help() -> None:
     ):
         r = run_cli(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_bf16_is_refused_where_the_hardware_would_emulate_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mnist_hpo import worker
+    from mnist_hpo.errors import HpoError
+
+    monkeypatch.setattr(worker, "bf16_native", lambda device: False)
+    with pytest.raises(HpoError, match="no native bfloat16.*use --precision auto or fp32"):
+        worker.check_precision("bf16", torch.device("cpu"))
+    worker.check_precision("auto", torch.device("cpu"))  # auto falls back to fp32 by itself
+    worker.check_precision("fp32", torch.device("cpu"))

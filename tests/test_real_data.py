@@ -7,6 +7,7 @@ import optuna
 from mnist_hpo import data
 from mnist_hpo.objective import Objective
 from mnist_hpo.spec import parse
+from mnist_hpo.train import bf16_native
 
 
 def test_simple_mlp_reaches_95_percent_test_accuracy_in_two_epochs(raw_mnist: data.RawData) -> None:
@@ -36,3 +37,6 @@ def test_simple_mlp_reaches_95_percent_test_accuracy_in_two_epochs(raw_mnist: da
     assert trial.value > 0.95
     assert trial.user_attrs["test_accuracy"] >= 0.95
     assert len(trial.user_attrs["val_accuracy_per_epoch"]) == 2
+    # 203,530 parameters: work's default (--precision auto) trains it in bfloat16 where the
+    # CPU does bfloat16 natively.
+    assert trial.user_attrs["precision"] == ("bf16" if bf16_native(split.device) else "fp32")

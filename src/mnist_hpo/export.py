@@ -117,7 +117,8 @@ def retrain(
             f"validation {100 * e.val_accuracy:.2f}%"
         )
 
-    train(model, cfg, split, progress)
+    # Older trials recorded no precision: they trained in fp32.
+    train(model, cfg, split, progress, precision=str(trial.user_attrs.get("precision", "fp32")))
     return model
 
 
@@ -207,6 +208,7 @@ def export_best(
             "validation_accuracy": trial.value,
             "test_accuracy": trial.user_attrs.get("test_accuracy"),
             "device": trial.user_attrs.get("device"),
+            "precision": trial.user_attrs.get("precision", "fp32"),
             "versions": trial.user_attrs.get("versions"),
         },
         "n_params": sum(p.numel() for p in model.parameters()),

@@ -21,7 +21,7 @@ from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.space import Hyper
 from mnist_hpo.spec import StudySpec
 from mnist_hpo.stopping import Stopper, StopRequested
-from mnist_hpo.train import Data, EpochEnd, accuracy, prepare, train
+from mnist_hpo.train import Data, EpochEnd, accuracy, pick_precision, prepare, train
 
 T = TypeVar("T")
 
@@ -51,8 +51,10 @@ class Objective:
         listener: Listener = ignore,
         checkpoints: Checkpoints | None = None,
         stopper: Stopper | None = None,
+        precision: str = "auto",
     ) -> None:
         self.spec = spec
+        self.precision = precision  # auto, fp32 or bf16: train.pick_precision
         self.data = data
         self.listener = listener
         self.checkpoints = checkpoints
@@ -108,12 +110,18 @@ class Objective:
         cfg = sample_training(hp, epochs=spec.epochs, seed=seed)
         torch.manual_seed(seed)
         model = prepare(family.build(arch), self.data.device)
+        # A retry keeps the precision its checkpoint was trained in, as it keeps the seed.
+        precision = str(
+            trial.user_attrs.get("precision")
+            or pick_precision(self.precision, model, cfg.batch_size, self.data.device)
+        )
         key, resume = self._resume(trial, frozen)
         resumed_from = int(resume["epoch"]) if resume is not None else 0
         attrs: dict[str, Any] = {
             "seed": seed,
             "n_params": sum(p.numel() for p in model.parameters()),
             "device": str(self.data.device),
+            "precision": precision,
             "worker": self.worker,
             "versions": versions(),
             # Epochs this attempt restored instead of training (0: a fresh start).
@@ -170,7 +178,7 @@ class Objective:
             trial.set_user_attr("val_accuracy_per_epoch", history)
             trial.set_user_attr("epoch_seconds", seconds)
 
-        result = train(model, cfg, self.data, on_epoch, resume=resume)
+        result = train(model, cfg, self.data, on_epoch, resume=resume, precision=precision)
         test = accuracy(model, self.data.test_x, self.data.test_y)
 
         def finish() -> None:

@@ -25,6 +25,7 @@ from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
 from mnist_hpo.objective import Objective, TakenOver
 from mnist_hpo.stopping import Stopper, StopRequested
+from mnist_hpo.train import PRECISIONS, bf16_native
 
 POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
 
@@ -34,6 +35,7 @@ class WorkOptions:
     n_trials: int | None = None  # this worker's own limit; None = until the study's budget
     timeout: float | None = None  # seconds; no new trial starts after this
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # auto, fp32, bf16 (see train.pick_precision)
     threads: int | None = None  # torch CPU threads for this process; None = torch's default
     data_dir: Path | None = None  # explicit MNIST location (else cache, then download)
     download: bool = True  # allow downloading MNIST into the cache
@@ -75,6 +77,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_precision(name: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot use well, before any trial starts."""
+    if name not in ("auto", *PRECISIONS):
+        raise UsageError(f"--precision {name!r} is not a precision; use auto, fp32 or bf16")
+    if name == "bf16" and not bf16_native(device):
+        raise HpoError(
+            f"--precision bf16: {device} has no native bfloat16 (a CPU needs AVX-512 BF16 or "
+            "AMX, a GPU compute capability 8.0+), so it would train slower than fp32; use "
+            "--precision auto or fp32"
+        )
+
+
 def check_data(study: optuna.Study, raw: data_mod.RawData) -> None:
     """Record the data's fingerprint with the study, or insist this worker has the same data."""
     mine = {"kind": raw.kind, "fingerprint": raw.fingerprint, "source": raw.source}
@@ -104,6 +118,7 @@ def run(
     """
     started = time.monotonic()
     device = resolve_device(options.device)
+    check_precision(options.precision, device)
     if options.threads:
         torch.set_num_threads(options.threads)
 
@@ -137,7 +152,14 @@ def run(
     )
     location = options.artifacts or str(artifacts.default_location())
     checkpoints = Checkpoints(artifacts.open_store(location), location)
-    objective = Objective(spec, split, listener=listener, checkpoints=checkpoints, stopper=stopper)
+    objective = Objective(
+        spec,
+        split,
+        listener=listener,
+        checkpoints=checkpoints,
+        stopper=stopper,
+        precision=options.precision,
+    )
     summary = WorkSummary()
 
     def finished(study: optuna.Study, t: FrozenTrial) -> None:
