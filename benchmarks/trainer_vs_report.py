@@ -3,15 +3,14 @@
 The report's loop: TensorDataset + DataLoader(batch_size=5, shuffle=True), MSELoss(reduction=
 "sum") on one-hot targets, the report's optimizer (SGD lr 0.01 for the MLPs, lr 1e-4 for the
 perceptron since more diverges on standardised pixels; Adam lr 0.001 for the CNN), `loss.item()`
-every step, and test evaluation one image at a time. mnist-hpo's trainer (`train.train`):
-batches gathered from in-memory tensors in a per-epoch order, one host sync per epoch, fused
-Adam lr 0.001 with cross-entropy (Adam does more work per step than SGD, so the MLP ratios are
-if anything low), at the batch sizes the search samples (16..512), and evaluation in large batches under
+every step, and test evaluation one image at a time. mnist-hpo's trainer (`train.train`): batches
+gathered from in-memory tensors in a per-epoch order, one host sync per epoch, fused Adam lr 0.001
+with cross-entropy (Adam does more work per step than SGD, so the MLP ratios are if anything low),
+at the batch sizes the search samples (16..512), and evaluation in large batches under
 inference_mode, in float32 and (where the CPU has native bfloat16) under bf16 autocast; the row
-`work --precision auto` would pick is starred. Both run the same model (the report's
-configuration of each family; the CNN as the report coded it, ReLU before pool, against
-mnist-hpo's pool-first channels_last one) on the same normalised tensors with the same torch
-thread count.
+`work --precision auto` would pick is starred. Both run the same model (the report's configuration
+of each family; the CNN as the report coded it, ReLU before pool, against mnist-hpo's pool-first
+channels_last one) on the same normalised tensors with the same torch thread count.
 
 Speed is compared as training samples per second, so the report loop may run on the first
 --report-limit images of an epoch (0 = the whole epoch) and still compare fairly. Accuracy is
