@@ -133,7 +133,8 @@ def test_auto_precision_picks_bf16_only_where_it_was_measured_faster(
     monkeypatch.setattr(train_mod, "bf16_native", lambda device: True)
     assert pick_precision("auto", mlp, 64, cpu) == "bf16"  # 6.5 M parameter-samples per step
     assert pick_precision("auto", mlp, 32, cpu) == "fp32"  # 3.3 M: the casts cost more
-    assert pick_precision("auto", tiny, 512, cpu) == "fp32"
+    assert pick_precision("auto", tiny, 256, cpu) == "fp32"  # 2.0 M
+    assert pick_precision("auto", tiny, 512, cpu) == "bf16"  # 4.0 M
     assert pick_precision("auto", conv, 16, cpu) == "bf16"
     assert pick_precision("auto", mlp, 512, torch.device("cuda")) == "fp32"  # not measured yet
     assert pick_precision("fp32", mlp, 512, cpu) == "fp32"

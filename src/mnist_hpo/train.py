@@ -6,8 +6,9 @@ live in that callback (an exception raised there stops training), so the loop st
 of its inputs and can be benchmarked or reused without a study.
 
 Speed notes (2-core CPU, measured on real MNIST; see benchmarks/):
-- Batches are slices of tensors already on the device, shuffled once per epoch. A DataLoader
-  with per-sample collation cost the course report ~20x per epoch for the MLPs.
+- Batches are gathered from tensors already on the device, in a new order each epoch. The
+  course report's DataLoader (batch 5, per-sample collation) made an MLP epoch 11-19x slower
+  than these batches of 256-512 (2-core AMD EPYC, benchmarks/trainer_vs_report.py).
 - Optimizers use fused kernels on CPU and CUDA.
 - Evaluation runs in large batches under inference_mode instead of one image at a time.
 - Optional bfloat16 autocast (`precision="bf16"`) on hardware that does bfloat16 natively.
@@ -35,7 +36,7 @@ SCHEDULES = ("constant", "cosine")
 # Training arithmetic. "bf16" runs the forward pass under bfloat16 autocast (matmuls and convs
 # in bfloat16, weights, optimizer state, loss and evaluation in float32); see `bf16_native`.
 PRECISIONS = ("fp32", "bf16")
-BF16_MIN_WORK = 5_000_000  # parameters x batch size; see pick_precision
+BF16_MIN_WORK = 4_000_000  # parameters x batch size; see pick_precision
 EVAL_BATCH = 5000  # GPU: large enough to amortise per-call overhead, small enough for 2 GB (CNN)
 # CPU: activations of a 256-image CNN batch stay in cache; at 5,000 they do not. Evaluating the
 # cnn family at the report's shape (conv 32, 64, dense 128) on 10,000 images took 1.4 s in
@@ -143,7 +144,8 @@ def pick_precision(requested: str, model: nn.Module, batch_size: int, device: to
     for convolutional models and for MLPs doing at least BF16_MIN_WORK parameter-samples per step
     (parameters x batch size). Below that autocast's casts cost more than the small matmuls save:
     fp32/bf16 step time on the 2-core AMD EPYC was 0.60-0.94x at 1.6-3.3 M (784-16-10 at batch
-    128, 784-128-10 at 32), 1.19-2.55x from 6.5 M up; small CNNs 0.95-1.7x even at batch 32.
+    128, 784-128-10 at 32), 1.19-2.55x from 4.0 M up (the perceptron at batch 512); small CNNs
+    0.95-1.7x even at batch 32.
     GPUs stay on fp32 until benchmarks/gpu.py has measured bf16's accuracy there.
     """
     if requested != "auto":

@@ -89,6 +89,14 @@ def check_precision(name: str, device: torch.device) -> None:
         )
 
 
+def describe_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cpu" and bf16_native(device):
+        return "auto (this CPU does bfloat16 natively: bf16 for CNNs and larger MLP steps)"
+    return "auto (fp32 on this device)"
+
+
 def check_data(study: optuna.Study, raw: data_mod.RawData) -> None:
     """Record the data's fingerprint with the study, or insist this worker has the same data."""
     mine = {"kind": raw.kind, "fingerprint": raw.fingerprint, "source": raw.source}
@@ -150,6 +158,7 @@ def run(
             f"validation / {len(split.test_x):,} test images on {device}"
         )
     )
+    listener(Note(f"precision: {describe_precision(options.precision, device)}"))
     location = options.artifacts or str(artifacts.default_location())
     checkpoints = Checkpoints(artifacts.open_store(location), location)
     objective = Objective(
