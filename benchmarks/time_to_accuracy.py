@@ -100,6 +100,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for t in complete
             if t.datetime_complete
         ],
+        # Every trial, so two runs can be compared trial by trial (was the unpruned run's best
+        # configuration pruned in the other run, or never proposed there?).
+        "trial_rows": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "epochs": len(t.intermediate_values),
+                "last": t.intermediate_values[max(t.intermediate_values)]
+                if t.intermediate_values
+                else None,
+                "params": t.params,
+            }
+            for t in trials
+        ],
         "best_val": best.value,
         "best_test": best.user_attrs.get("test_accuracy"),
         "wall_s": wall,
@@ -147,6 +162,30 @@ def show(rows: list[dict[str, Any]], threshold: float = 0.0) -> None:
                     f"{family}: {pruner} trains {cut:.0%} fewer epochs than none; best validation "
                     f"{diff:+.2f} points; wall {r['wall_s'] / base['wall_s']:.2f}x"
                 )
+                fate = best_config_fate(base, r)
+                if fate:
+                    print(f"  {fate}")
+
+
+def best_config_fate(base: dict[str, Any], other: dict[str, Any]) -> str:
+    """What happened in `other` to the configuration that won the unpruned run `base`."""
+    if "trial_rows" not in base or "trial_rows" not in other:
+        return ""
+    rows = [t for t in base["trial_rows"] if t["state"] == "COMPLETE"]
+    if not rows:
+        return ""
+    won = max(rows, key=lambda t: t["value"] or 0.0)
+    same = [t for t in other["trial_rows"] if t["params"] == won["params"]]
+    head = f"unpruned best: trial {won['number']} ({won['value']:.2%})"
+    if not same:
+        return f"{head}; never proposed in the {other['pruner']} run"
+    t = same[0]
+    if t["state"] == "PRUNED":
+        return (
+            f"{head}; pruned in the {other['pruner']} run as trial {t['number']} after "
+            f"epoch {t['epochs']} ({t['last']:.2%})"
+        )
+    return f"{head}; trial {t['number']} there, {t['state']} at {(t['value'] or 0.0):.2%}"
 
 
 def main() -> None:
