@@ -130,7 +130,12 @@ def bf16_native(device: torch.device) -> bool:
     (784-128-10, batch 256: 1.29 -> 0.64 ms) and cut a CNN epoch 1.4-2.4x.
     """
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+            return False
+        try:  # a private oneDNN query; builds without it (some non-x86 wheels) count as no
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     return False
@@ -143,9 +148,9 @@ def pick_precision(requested: str, model: nn.Module, batch_size: int, device: to
     test accuracy -0.02 to +0.03 points) and where it saves time: on a CPU with native bfloat16,
     for convolutional models and for MLPs doing at least BF16_MIN_WORK parameter-samples per step
     (parameters x batch size). Below that autocast's casts cost more than the small matmuls save:
-    fp32/bf16 step time on the 2-core AMD EPYC was 0.60-0.94x at 1.6-3.3 M (784-16-10 at batch
-    128, 784-128-10 at 32), 1.19-2.55x from 4.0 M up (the perceptron at batch 512); small CNNs
-    0.95-1.7x even at batch 32.
+    fp32/bf16 step time on the 2-core AMD EPYC was 0.60-0.94x at 0.25-3.3 M (e.g. 784-16-10 at
+    batch 128, 784-128-10 at 32), 1.19-2.55x from 4.0 M up (the perceptron at batch 512); small
+    CNNs 0.95-1.7x even at batch 32.
     GPUs stay on fp32 until benchmarks/gpu.py has measured bf16's accuracy there.
     """
     if requested != "auto":
