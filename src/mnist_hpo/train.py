@@ -141,6 +141,11 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
+def auto_may_use_bf16(device: torch.device) -> bool:
+    """Whether `--precision auto` considers bf16 on `device` at all (see pick_precision)."""
+    return device.type == "cpu" and bf16_native(device)
+
+
 def pick_precision(requested: str, model: nn.Module, batch_size: int, device: torch.device) -> str:
     """The precision a trial trains in: `requested` unless it is "auto".
 
@@ -157,7 +162,7 @@ def pick_precision(requested: str, model: nn.Module, batch_size: int, device: to
         if requested not in PRECISIONS:
             raise ValueError(f"unknown precision {requested!r}; use auto or one of {PRECISIONS}")
         return requested
-    if device.type != "cpu" or not bf16_native(device):
+    if not auto_may_use_bf16(device):
         return "fp32"
     work = sum(p.numel() for p in model.parameters()) * batch_size
     return "bf16" if uses_conv(model) or work >= BF16_MIN_WORK else "fp32"

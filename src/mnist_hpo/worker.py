@@ -25,7 +25,7 @@ from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
 from mnist_hpo.objective import Objective, TakenOver
 from mnist_hpo.stopping import Stopper, StopRequested
-from mnist_hpo.train import PRECISIONS, bf16_native
+from mnist_hpo.train import PRECISIONS, auto_may_use_bf16, bf16_native
 
 POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
 
@@ -92,7 +92,7 @@ def check_precision(name: str, device: torch.device) -> None:
 def describe_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
-    if device.type == "cpu" and bf16_native(device):
+    if auto_may_use_bf16(device):
         return "auto (this CPU does bfloat16 natively: bf16 for CNNs and larger MLP steps)"
     return "auto (fp32 on this device)"
 
