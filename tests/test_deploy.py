@@ -275,7 +275,8 @@ def test_each_service_command_runs_against_postgres(
             (summary,) = json.loads(resp.read())["study_summaries"]
         assert summary["study_name"] == "compose"
         with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}") as resp:
-            assert len(json.loads(resp.read())["trials"]) == 3
+            # Every trial the workers recorded, overshoot included (see the bound above).
+            assert len(json.loads(resp.read())["trials"]) == len(states)
     finally:
         proc.terminate()  # SIGTERM, as `docker compose stop` sends
         out, err = proc.communicate(timeout=30)
