@@ -162,3 +162,25 @@ def test_bf16_is_refused_where_the_hardware_would_emulate_it(
         worker.check_precision("bf16", torch.device("cpu"))
     worker.check_precision("auto", torch.device("cpu"))  # auto falls back to fp32 by itself
     worker.check_precision("fp32", torch.device("cpu"))
+
+
+def test_delete_study_removes_the_checkpoints_its_trials_left(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from mnist_hpo import study as study_mod
+    from mnist_hpo.artifacts import open_store
+    from mnist_hpo.checkpoints import Checkpoints
+
+    assert run_cli("create-study", "small", env=env).returncode == 0
+    study, _ = study_mod.load(study_mod.open_storage(env["MNIST_HPO_STORAGE"]), "small")
+    trial = study.ask()  # running when the study is deleted, e.g. a worker that was killed
+    trial.set_user_attr("checkpoint", {"key": "ckpt-small-t0-ab"})
+    folder = str(tmp_path / "artifacts")
+    checkpoints = Checkpoints(open_store(folder), folder)
+    checkpoints.save("ckpt-small-t0-ab", 1, {"epoch": 1})
+    checkpoints.save("ckpt-small-t0-ab", 2, {"epoch": 2})
+    checkpoints.save("ckpt-other-t0-cd", 1, {"epoch": 1})  # another study's: kept
+    r = run_cli("delete-study", "small", "--yes", "--artifacts", folder, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"removed 2 checkpoint file(s) of unfinished trials from {folder}" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["ckpt-other-t0-cd-e1"]

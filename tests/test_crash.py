@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from conftest import write_spec
@@ -340,3 +341,91 @@ def test_sqlite_storage_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
     with storage.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
+
+
+def _fail_latest(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """Take the queued (or a new) trial and fail it, as a dying or stopped worker leaves it."""
+    trial = study.ask()
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def test_stops_never_use_up_the_retry_allowance_but_crashes_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MNIST_HPO_HEARTBEAT", "1")
+    monkeypatch.setenv("MNIST_HPO_GRACE", "5")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(url, tmp_path, ONE_TRIAL)
+    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    crash = study._storage.get_heartbeat_stale_trial_callback()  # what fail_stale calls
+    first = study.ask()
+    first.set_user_attr("checkpoint", {"key": "k"})
+    first.report(0.5, 1)
+    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    failed = study._storage.get_trial(first._trial_id)
+    # A spot machine preempted again and again: every stop is re-queued (Optuna's own callback
+    # gives up after max_retry of them, dropping the trial and its finished epochs).
+    for _ in range(study_mod.MAX_RETRY + 2):
+        assert study_mod.requeue(study, failed)
+        failed = _fail_latest(study)
+    # Then it kills its worker: crashes are retried MAX_RETRY times, then it is given up.
+    for _ in range(study_mod.MAX_RETRY):
+        crash(study, failed)
+        failed = _fail_latest(study)
+    assert study_mod.given_up(study) == []
+    crash(study, failed)
+    assert [t.number for t in study_mod.given_up(study)] == [failed.number]
+    assert study_mod.given_up(study) == []  # reported once
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * (2 * study_mod.MAX_RETRY + 3)
+    last = trials[-1]
+    assert last.system_attrs["failed_trial"] == 0
+    assert last.system_attrs["retry_history"] == list(range(last.number))
+    assert study_mod.crashes(last) == study_mod.MAX_RETRY
+    # Each retry carried the parameters, the checkpoint pointer and the reported epoch.
+    assert last.params == trials[0].params and last.user_attrs["checkpoint"] == {"key": "k"}
+    assert last.intermediate_values == {1: 0.5}
+
+
+def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path
+) -> None:
+    from mnist_hpo import worker
+    from mnist_hpo.artifacts import open_store
+    from mnist_hpo.checkpoints import Checkpoints
+
+    monkeypatch.setenv("MNIST_HPO_HEARTBEAT", "1")
+    monkeypatch.setenv("MNIST_HPO_GRACE", "2")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(url, tmp_path, ONE_TRIAL.replace("epochs = 12", "epochs = 1"))
+    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    crash = study._storage.get_heartbeat_stale_trial_callback()
+    first = study.ask()
+    first.set_user_attr("checkpoint", {"key": "ckpt-crash-t0-x"})
+    folder = str(tmp_path / "artifacts")
+    Checkpoints(open_store(folder), folder).save("ckpt-crash-t0-x", 1, {"epoch": 1})
+    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    failed = study._storage.get_trial(first._trial_id)
+    for i in range(study_mod.MAX_RETRY):
+        crash(study, failed)
+        if i < study_mod.MAX_RETRY - 1:
+            failed = _fail_latest(study)
+    last = study.ask()  # the third retry: its worker dies too, before any heartbeat
+    assert _checkpoint_files(tmp_path) == ["ckpt-crash-t0-x-e1"]
+    time.sleep(2.5)  # longer than the grace: the next worker fails it as dead and gives it up
+    notes: list[str] = []
+    options = worker.WorkOptions(
+        threads=1, data_dir=mnist_dir, artifacts=folder, wait=False, n_trials=1
+    )
+    threads = torch.get_num_threads()
+    try:
+        worker.run(url, "crash", options, listener=lambda e: notes.append(getattr(e, "text", "")))
+    finally:
+        torch.set_num_threads(threads)  # worker.run sets it for the whole test process
+    said = [n for n in notes if "given up" in n]
+    assert said == [
+        f"trial {last.number} was given up: its worker died {study_mod.MAX_RETRY + 1} times "
+        "(out of memory?); its checkpoints are removed"
+    ], notes
+    assert _checkpoint_files(tmp_path) == []

@@ -10,7 +10,8 @@ only the epochs after it. No extra database write per epoch.
 
 Files are named `ckpt-<study>-t<original trial>-<token>-e<epoch>`: the original trial number of
 the retry chain, and a random token so that studies of the same name in other storages sharing
-one location never collide. When a trial completes or is pruned its files are deleted.
+one location never collide. When a trial completes, is pruned or is given up its files are
+deleted, and `delete-study` deletes whatever its trials left.
 Loading uses torch.load(weights_only=True): a checkpoint file cannot run code.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
 
 ATTR = "checkpoint"  # trial user attr: {"key": ...}, set when the trial starts
 
@@ -68,8 +70,17 @@ class Checkpoints:
             raise LookupError(f"checkpoint {name} in {self.location} is not a trial checkpoint")
         return state
 
-    def remove(self, key: str, epochs: int) -> None:
-        """Delete every epoch's file of a retry chain (missing ones are fine)."""
+    def remove(self, key: str, epochs: int) -> int:
+        """Delete every epoch's file of a retry chain (missing ones are fine); how many were."""
+        removed = 0
         for epoch in range(1, epochs + 1):
             with contextlib.suppress(ArtifactNotFound):
                 self.store.remove(artifact_id(key, epoch))
+                removed += 1
+        return removed
+
+    def remove_trials(self, trials: list[FrozenTrial], epochs: int) -> int:
+        """Delete the files of every retry chain among `trials` (a deleted study's leftovers:
+        trials given up, or running when the study was deleted); how many files were there."""
+        keys = {str(t.user_attrs[ATTR]["key"]) for t in trials if t.user_attrs.get(ATTR)}
+        return sum(self.remove(key, epochs) for key in sorted(keys))

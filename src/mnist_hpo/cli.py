@@ -41,6 +41,16 @@ StorageOpt = Annotated[
         show_default=False,
     ),
 ]
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts",
+        envvar="MNIST_HPO_ARTIFACTS",
+        help="Artifact store: a folder shared by the workers, or s3://BUCKET "
+        "(default: ~/.local/share/mnist-hpo/artifacts).",
+        show_default=False,
+    ),
+]
 StudyArg = Annotated[str, typer.Argument(help="Study name, as given at create-study.")]
 
 
@@ -472,18 +482,26 @@ def delete_study(
     study: StudyArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Delete a study and all its trials."""
+    """Delete a study and all its trials, and the checkpoint files its trials left behind."""
+    from mnist_hpo import artifacts as artifacts_mod
     from mnist_hpo import study as study_mod
+    from mnist_hpo.checkpoints import Checkpoints
 
     _quiet_optuna()
     url = _storage_url(storage)
     st = study_mod.open_storage(url, must_exist=True)
-    study_mod.read_spec(st, study)
+    spec = study_mod.read_spec(st, study)
+    location = artifacts or str(artifacts_mod.default_location())
+    checkpoints = Checkpoints(artifacts_mod.open_store(location), location)
     if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
         raise UsageError("not deleted")
-    study_mod.delete(st, study)
+    trials = study_mod.delete(st, study)
     typer.echo(f"deleted study {study!r} from {study_mod.redact(url)}")
+    removed = checkpoints.remove_trials(trials, spec.epochs)
+    if removed:
+        typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
 
 
 @app.command()
@@ -572,18 +590,6 @@ def quickstart(
         typer.echo(f"study {spec.name!r} exists; continuing it (delete-study to start over)")
     options = worker.WorkOptions(threads=threads_per_job(jobs), data_dir=data_dir, download=False)
     raise typer.Exit(_work(url, spec.name, options, jobs, verbose=False))
-
-
-ArtifactsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--artifacts",
-        envvar="MNIST_HPO_ARTIFACTS",
-        help="Artifact store: a folder shared by the workers, or s3://BUCKET "
-        "(default: ~/.local/share/mnist-hpo/artifacts).",
-        show_default=False,
-    ),
-]
 
 
 def _interrupt_on_sigterm() -> None:

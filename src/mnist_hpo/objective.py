@@ -190,7 +190,7 @@ class Objective:
         return result.val_accuracy
 
     def cleanup(self, trial: FrozenTrial) -> None:
-        """Delete a finished (COMPLETE or PRUNED) trial's checkpoints."""
+        """Delete the checkpoints of a trial that finished (COMPLETE or PRUNED) or was given up."""
         pointer = trial.user_attrs.get(ckpt.ATTR)
         if self.checkpoints is not None and pointer:
             self.checkpoints.remove(str(pointer["key"]), self.spec.epochs)

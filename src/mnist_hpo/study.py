@@ -35,7 +35,11 @@ DATA_ATTR = "data"  # study user attr: fingerprint and source of the data the fi
 # gap between two heartbeats, database hiccups included, so keep it >= 5 x HEARTBEAT.
 HEARTBEAT = 10
 GRACE = 60
-MAX_RETRY = 3  # a trial that kills its worker 3 times (e.g. out of memory) is given up
+# A trial whose worker dies (out of memory, a segfault, a lost machine) is retried at most 3
+# times, then given up: one that kills 4 workers in a row will kill the next one too. Stops the
+# trial is not to blame for (SIGTERM, Ctrl-C, the stop deadline, a lost database) never count.
+MAX_RETRY = 3
+STOPS_ATTR = "mnist_hpo_stops"  # trial system attr: retries in its chain that were stops
 # How long a worker keeps retrying a storage it lost (a PostgreSQL restart takes 1-5 s; a
 # failover or a rebooted host a few minutes) before it gives up with an error.
 STORAGE_WAIT = 300.0
@@ -216,6 +220,55 @@ class WorkerStorage(RDBStorage):
         return stale
 
 
+class RetryDeadTrials(RetryHeartbeatStaleTrialCallback):
+    """Optuna's heartbeat retry (same params, user attrs and reported epochs, retry history
+    extended), except that deliberate stops do not use up the MAX_RETRY allowance.
+
+    Optuna counts every retry: a long CNN trial on machines that are preempted (SIGTERM) four
+    times would be dropped without a word, its epochs lost. Here a stop adds to STOPS_ATTR, and
+    only the other retries (crashes) count toward max_retry. Trials given up are remembered in
+    `given_up` so the worker that gave them up can say so and remove their checkpoints.
+    """
+
+    def __init__(self, max_retry: int) -> None:
+        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+        self.given_up: list[FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.retry(study, trial, stopped=False)
+
+    def retry(self, study: optuna.Study, trial: FrozenTrial, *, stopped: bool) -> bool:
+        """Queue the failed `trial` again; False if it was given up instead."""
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        stops = int(trial.system_attrs.get(STOPS_ATTR, 0)) + int(stopped)
+        if self._max_retry is not None and len(history) - stops > self._max_retry:
+            self.given_up.append(trial)
+            return False
+        system_attrs = {
+            **trial.system_attrs,
+            "failed_trial": history[0],
+            "retry_history": history,
+            STOPS_ATTR: stops,
+        }
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=trial.user_attrs,
+                system_attrs=system_attrs,
+                intermediate_values=trial.intermediate_values,
+            )
+        )
+        return True
+
+
+def crashes(trial: FrozenTrial) -> int:
+    """How many times this trial's retry chain lost its worker (stops not counted)."""
+    history = trial.system_attrs.get("retry_history", [])
+    return len(history) - int(trial.system_attrs.get(STOPS_ATTR, 0))
+
+
 # Every storage call on a trial's path retries a lost connection, so a database restart in the
 # middle of Optuna's own ask/tell (which cannot be retried from outside: Optuna fails with an
 # UnboundLocalError if the database is still down when it re-reads the trial) is waited out.
@@ -372,9 +425,7 @@ def open_storage(
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=beat,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY, inherit_intermediate_values=True
-                ),
+                heartbeat_stale_trial_callback=RetryDeadTrials(MAX_RETRY),
             )
         if sqlite:
             _harden_sqlite(storage.engine)
@@ -401,12 +452,26 @@ def open_storage(
             delay = min(10.0, delay * 2)
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a failed trial as Optuna's heartbeat retry does: same params, user attrs
-    (checkpoint pointer included) and intermediate values, retry history extended."""
+def requeue(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Re-queue a trial failed by a stop: same params, user attrs (checkpoint pointer included)
+    and reported epochs, retry history extended; stops never use up the retry allowance."""
     callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
-    if callback is not None:
-        callback(study, trial)
+    if isinstance(callback, RetryDeadTrials):
+        return callback.retry(study, trial, stopped=True)
+    else:  # a storage not opened by open_storage: no heartbeat callback (or Optuna's own)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = RetryDeadTrials(MAX_RETRY)
+        return callback.retry(study, trial, stopped=True)
+
+
+def given_up(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials this process's stale check gave up since the last call (each reported once)."""
+    callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+    if not isinstance(callback, RetryDeadTrials):
+        return []
+    trials, callback.given_up = callback.given_up, []
+    return trials
 
 
 def original_number(trial: FrozenTrial) -> int:
@@ -474,9 +539,12 @@ def load(storage: RDBStorage, name: str) -> tuple[optuna.Study, StudySpec]:
     return study, spec
 
 
-def delete(storage: RDBStorage, name: str) -> None:
+def delete(storage: RDBStorage, name: str) -> list[FrozenTrial]:
+    """Delete the study; returns its trials as they were (for the caller's file clean-up)."""
     read_spec(storage, name)  # the same clear error for a missing study
+    trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
     optuna.delete_study(study_name=name, storage=storage)
+    return trials
 
 
 def fail_stale(study: optuna.Study) -> None:

@@ -218,11 +218,13 @@ def run(
             if not (failed_here and state == TrialState.FAIL):
                 return f"trial {current.number} was already {state.name}; nothing to re-queue"
         failed = storage.get_trial(current._trial_id)
-        study_mod.retrying(
+        requeued = study_mod.retrying(
             lambda: study_mod.requeue(study, failed),
             what=f"re-queuing trial {current.number}",
             note=message,
         )
+        if not requeued:  # stops never use up the retry allowance: only for a foreign storage
+            return f"trial {current.number} ({why}) was given up after too many retries"
         epoch = max(failed.intermediate_values, default=0)
         where = f"after epoch {epoch}" if epoch else "from the start"
         return f"trial {current.number} ({why}) was re-queued; its retry resumes {where}"
@@ -246,6 +248,15 @@ def run(
         objective.current = None
         try:
             study_mod.fail_stale(study)
+            for dead in study_mod.given_up(study):
+                objective.cleanup(dead)
+                listener(
+                    Note(
+                        f"trial {dead.number} was given up: its worker died "
+                        f"{study_mod.crashes(dead) + 1} times (out of memory?); its "
+                        "checkpoints are removed"
+                    )
+                )
             p = study_mod.progress(study, spec)
             if not p.counts.get("WAITING") and p.spent >= p.budget:
                 running = p.counts.get("RUNNING", 0)
