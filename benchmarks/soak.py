@@ -99,6 +99,8 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         time.sleep(0.2)
         if done_kills < kills and time.monotonic() >= next_kill:
             alive = [p for p in procs if p.poll() is None]
+            if not alive:  # the study finished between the two checks
+                break
             # Prefer a worker in the middle of a trial (its pid is in the trial's "worker"
             # attr): killing one that is still importing torch tests nothing.
             running = {

@@ -100,3 +100,44 @@ def test_reading_a_missing_sqlite_file_does_not_create_it(tmp_path: Path) -> Non
 
 def test_password_is_redacted() -> None:
     assert "secret" not in study_mod.redact("postgresql://u:secret@h/db")
+
+
+def test_workers_racing_for_the_last_trials_never_exceed_the_budget(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    study_mod.create(study_mod.open_storage(storage_url), _spec(tmp_path))
+    counted = study_mod.WorkerStorage._budget_used
+
+    def slow_count(self: study_mod.WorkerStorage, study_id: int) -> int:
+        n = counted(self, study_id)
+        time.sleep(0.05)  # widen the window between counting and creating: every taker races
+        return n
+
+    monkeypatch.setattr(study_mod.WorkerStorage, "_budget_used", slow_count)
+    taken: list[int] = []
+
+    def worker() -> None:  # each with its own connections, as separate processes have
+        storage = study_mod.open_storage(storage_url)
+        storage.budget = 6
+        study = optuna.load_study(study_name="small", storage=storage)
+        while True:
+            try:
+                taken.append(study.ask().number)  # left RUNNING: it uses up budget
+            except study_mod.BudgetSpent:
+                return
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(taken) == list(range(6))
+    # A retry or an enqueued configuration is not new work: it is queued whatever the budget.
+    storage = study_mod.open_storage(storage_url)
+    storage.budget = 6
+    study = optuna.load_study(study_name="small", storage=storage)
+    study.enqueue_trial({"hidden": 64})
+    assert study.ask().number == 6

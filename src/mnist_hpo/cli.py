@@ -393,6 +393,13 @@ def _print_status(url: str, name: str) -> None:
     typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
+    dropped = study_mod.not_retried(study)
+    if dropped:
+        typer.echo(
+            f"given up: trial(s) {', '.join(map(str, dropped))} failed and were not retried "
+            f"(their workers died {study_mod.MAX_RETRY + 1} times, or the trial raised an "
+            "error: see the workers' output)"
+        )
     best = study_mod.best_trial(study)
     if best is None:
         typer.echo("best: no completed trial yet")

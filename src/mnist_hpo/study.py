@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -163,6 +164,22 @@ def retrying(
             delay = min(10.0, delay * 2)
 
 
+# Trials that use up budget: finished, running, or queued (failed ones are retried).
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+# pg_advisory_lock(LOCK_CLASS, study_id): the lock workers take to create a study's next trial.
+LOCK_CLASS = 0x6D6E6973  # "mnis"; keeps our locks apart from other users of the same database
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite studies there keep the budget + (workers - 1) bound
+    fcntl = None  # type: ignore[assignment]
+
+
+class BudgetSpent(Exception):
+    """A worker asked for a new trial after the study's budget was used up by other workers."""
+
+
 class WorkerStorage(RDBStorage):
     """RDBStorage whose heartbeat survives a database restart and that also catches trials
     whose worker died before its first heartbeat.
@@ -174,6 +191,78 @@ class WorkerStorage(RDBStorage):
     """
 
     note: Callable[[str], None] | None = None  # where to say that the storage is being retried
+    # Set by a worker: new trials beyond the study's budget are refused (BudgetSpent). Two
+    # workers that both see "3 of 4 used" would otherwise both start a trial: 5 of 4.
+    budget: int | None = None
+    lock_file: Path | None = None  # SQLite: the file whose flock serializes taking a trial
+    # A worker sets this False: Optuna's optimize fails stale trials outside the lock, so only
+    # fail_stale() (which the worker calls just before each optimize) may do it.
+    stale_check = True
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        # Optuna's cached storage wrapper calls _create_new_trial, not create_new_trial.
+        if template_trial is not None or self.budget is None:  # retries and enqueues: no new work
+            return super()._create_new_trial(study_id, template_trial)
+        with self.taking_a_trial(study_id):
+            if self._budget_used(study_id) >= self.budget:
+                raise BudgetSpent
+            return super()._create_new_trial(study_id)
+
+    @contextlib.contextmanager
+    def taking_a_trial(self, study_id: int) -> Iterator[None]:
+        """Only one worker at a time creates the study's next trial, or fails and re-queues one
+        (between the FAIL and the re-queue the study looks one trial short of its budget)."""
+        if self.engine.dialect.name == "postgresql":
+            # A session-level advisory lock: released by the server if this worker dies.
+            with self.engine.connect() as conn:
+                conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_lock(:c, :s)"),
+                    {"c": LOCK_CLASS, "s": study_id},
+                )
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    try:
+                        conn.execute(
+                            sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"),
+                            {"c": LOCK_CLASS, "s": study_id},
+                        )
+                        conn.commit()
+                    except sqlalchemy.exc.SQLAlchemyError:
+                        conn.invalidate()  # closing the session releases the lock
+        elif self.lock_file is not None and fcntl is not None:
+            # flock: released by the kernel if this worker dies. SQLite studies are one-machine.
+            with open(self.lock_file, "a+b") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        else:
+            yield
+
+    def _budget_used(self, study_id: int) -> int:
+        """Trials that use up budget (Progress.spent), counted in the database."""
+        from optuna.storages._rdb import models
+
+        session = self.scoped_session()
+        try:
+            count = (
+                session.query(sqlalchemy.func.count(models.TrialModel.trial_id))
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state.in_(BUDGET_STATES))
+                .scalar()
+            )
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return int(count or 0)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -183,6 +272,8 @@ class WorkerStorage(RDBStorage):
                 raise
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if not self.stale_check:
+            return []
         from optuna.storages._rdb import models
 
         assert self.grace_period is not None
@@ -429,6 +520,7 @@ def open_storage(
             )
         if sqlite:
             _harden_sqlite(storage.engine)
+            storage.lock_file = path.with_name(path.name + ".take-trial.lock")
         return storage
 
     started, delay = time.monotonic(), 0.5
@@ -547,11 +639,36 @@ def delete(storage: RDBStorage, name: str) -> list[FrozenTrial]:
     return trials
 
 
+def worker_storage(study: optuna.Study) -> WorkerStorage | None:
+    """The study's storage if open_storage made it (Optuna wraps it in a cache)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return storage if isinstance(storage, WorkerStorage) else None
+
+
+@contextlib.contextmanager
+def taking_a_trial(study: optuna.Study) -> Iterator[None]:
+    """WorkerStorage.taking_a_trial for this study (nothing to lock on other storages)."""
+    storage = worker_storage(study)
+    if storage is None:
+        yield
+    else:
+        with storage.taking_a_trial(study._study_id):
+            yield
+
+
 def fail_stale(study: optuna.Study) -> None:
     """Fail (and so re-queue) trials whose worker stopped sending heartbeats."""
-    with warnings.catch_warnings():
+    storage = worker_storage(study)
+    with taking_a_trial(study), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+        if storage is None:
+            optuna.storages.fail_stale_trials(study)
+            return
+        previous, storage.stale_check = storage.stale_check, True
+        try:
+            optuna.storages.fail_stale_trials(study)
+        finally:
+            storage.stale_check = previous
 
 
 @dataclass(frozen=True)
@@ -564,8 +681,7 @@ class Progress:
     @property
     def spent(self) -> int:
         """Trials that use up budget: finished, running, or queued (failed ones are retried)."""
-        c = self.counts
-        return sum(c.get(s, 0) for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"))
+        return sum(self.counts.get(s.name, 0) for s in BUDGET_STATES)
 
     @property
     def open(self) -> int:
@@ -578,6 +694,14 @@ def progress(study: optuna.Study, spec: StudySpec) -> Progress:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return Progress(counts, spec.budget())
+
+
+def not_retried(study: optuna.Study) -> list[int]:
+    """FAIL trials that no later trial retries: given up after MAX_RETRY deaths (or failed by
+    an error in the trial itself); their configurations have no result."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t.number for t in trials if t.state == TrialState.FAIL and t.number not in retried]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -146,6 +146,8 @@ def run(
         message=message,
         progress=download_progress,
     )
+    # Exact budget: one worker at a time takes a new trial or re-queues a failed one.
+    storage.budget, storage.stale_check = spec.budget(), False
     study_mod.retrying(lambda: check_data(study, raw), what="checking the data", note=message)
     listener(Note(f"data: {raw.source}"))
     split = data_mod.split(
@@ -206,23 +208,24 @@ def run(
         current = objective.current
         if current is None:
             return "no trial was running"
-        try:
-            study_mod.retrying(
-                lambda: storage.set_trial_state_values(current._trial_id, TrialState.FAIL),
+        with study_mod.taking_a_trial(study):  # no worker counts the study between the two
+            try:
+                study_mod.retrying(
+                    lambda: storage.set_trial_state_values(current._trial_id, TrialState.FAIL),
+                    what=f"re-queuing trial {current.number}",
+                    note=message,
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Finished here, or failed as dead and re-queued by another worker: not ours.
+                state = storage.get_trial(current._trial_id).state
+                if not (failed_here and state == TrialState.FAIL):
+                    return f"trial {current.number} was already {state.name}; nothing to re-queue"
+            failed = storage.get_trial(current._trial_id)
+            requeued = study_mod.retrying(
+                lambda: study_mod.requeue(study, failed),
                 what=f"re-queuing trial {current.number}",
                 note=message,
             )
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # Finished here, or failed as dead and re-queued by another worker: not ours now.
-            state = storage.get_trial(current._trial_id).state
-            if not (failed_here and state == TrialState.FAIL):
-                return f"trial {current.number} was already {state.name}; nothing to re-queue"
-        failed = storage.get_trial(current._trial_id)
-        requeued = study_mod.retrying(
-            lambda: study_mod.requeue(study, failed),
-            what=f"re-queuing trial {current.number}",
-            note=message,
-        )
         if not requeued:  # stops never use up the retry allowance: only for a foreign storage
             return f"trial {current.number} ({why}) was given up after too many retries"
         epoch = max(failed.intermediate_values, default=0)
@@ -282,6 +285,8 @@ def run(
                 if stopper is not None:
                     stopper.in_trial = False
             outage_started, delay = None, 0.5
+        except study_mod.BudgetSpent:
+            continue  # another worker took the last trial: wait for it or stop, as above
         except StopRequested:
             if stopper is None:
                 raise
