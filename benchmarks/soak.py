@@ -64,6 +64,8 @@ class Outcome:
     best_val: float
     lost: dict[str, int]  # what went missing, by kind (all must be 0)
     overshoot: int  # finished trials beyond the budget
+    taken_over: int = 0  # "failed as dead by another worker" lines: a live worker judged dead
+    leftovers: tuple[str, ...] = ()  # checkpoint files left, by name
 
 
 def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> Outcome:
@@ -116,11 +118,12 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
             next_kill = time.monotonic() + rng.uniform(2, 6)
     seconds = time.monotonic() - started
     bad_exits = sum(p.returncode not in (0, -signal.SIGKILL) for p in procs)
-    errors = 0
+    errors = taken_over = 0
     for log in logs.iterdir():
         text = log.read_text(errors="replace")
         errors += text.count("Traceback") + text.count("database is locked")
         errors += text.count("error:")
+        taken_over += text.count("was failed as dead by another worker")
 
     trials = study_mod.load(study_mod.open_storage(url), name)[0].get_trials()
     finished = {TrialState.COMPLETE, TrialState.PRUNED}
@@ -154,6 +157,8 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         best_val=max(values, default=0.0),
         lost=lost,
         overshoot=max(0, len(done) - args.trials),
+        taken_over=taken_over,
+        leftovers=tuple(sorted(leftovers)),
     )
 
 
@@ -181,10 +186,13 @@ def report(backend: str, label: str, o: Outcome, trials: int) -> None:
         f"best val {100 * o.best_val:.2f}%  kills {o.kills}  retries {o.retries} "
         f"(resumed {o.resumed}, {o.epochs_saved} epochs not retrained)  "
         f"lost {sum(o.lost.values())}"
+        + (f"  (live workers judged dead: {o.taken_over})" if o.taken_over else "")
     )
     for kind, n in o.lost.items():
         if n:
             print(f"    LOST: {kind}: {n}")
+    if o.leftovers:
+        print(f"    files left: {', '.join(o.leftovers)}")
 
 
 def main() -> int:

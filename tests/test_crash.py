@@ -431,3 +431,32 @@ def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
     assert _checkpoint_files(tmp_path) == []
     r = run_cli("status", "crash", env={"MNIST_HPO_STORAGE": url})
     assert f"given up: trial(s) {last.number} failed and were not retried" in r.stdout, r.stdout
+
+
+def test_the_worker_that_ends_a_study_removes_checkpoints_a_cleanup_missed(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    from mnist_hpo import worker
+    from mnist_hpo.artifacts import open_store
+    from mnist_hpo.checkpoints import Checkpoints
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(url, tmp_path, ONE_TRIAL)
+    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    trial = study.ask()
+    trial.set_user_attr("checkpoint", {"key": "ckpt-crash-t0-y"})
+    folder = str(tmp_path / "artifacts")
+    Checkpoints(open_store(folder), folder).save("ckpt-crash-t0-y", 1, {"epoch": 1})
+    study.tell(trial, 0.9)  # its worker was killed right after this, before its cleanup
+    notes: list[str] = []
+    options = worker.WorkOptions(threads=1, data_dir=mnist_dir, artifacts=folder)
+    threads = torch.get_num_threads()
+    try:
+        summary = worker.run(
+            url, "crash", options, listener=lambda e: notes.append(getattr(e, "text", ""))
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.trials == 0 and "budget of 1 trials is spent" in summary.stop_reason
+    assert "removed 1 checkpoint file(s) of interrupted trials" in notes, notes
+    assert _checkpoint_files(tmp_path) == []
