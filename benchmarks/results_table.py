@@ -18,6 +18,7 @@ import platform
 import optuna
 from optuna.trial import TrialState
 
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -77,8 +78,8 @@ def main() -> None:
     parser.add_argument("--grid", nargs="*", default=[], help="studies listed trial by trial")
     parser.add_argument("--storage", default=os.environ.get("MNIST_HPO_STORAGE"))
     args = parser.parse_args()
-    storage = study_mod.open_storage(
-        args.storage or study_mod.default_storage_url(), must_exist=True
+    storage = storage_mod.open_storage(
+        args.storage or storage_mod.default_storage_url(), must_exist=True
     )
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}")
     print()

@@ -35,6 +35,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.spec import load_spec
 
@@ -72,7 +73,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
     name = f"soak_{uuid.uuid4().hex[:6]}"
     spec_file = folder / f"{name}.toml"
     spec_file.write_text(SPEC.format(trials=args.trials), encoding="utf-8")
-    study, _ = study_mod.create(study_mod.open_storage(url), load_spec(str(spec_file)))
+    study, _ = study_mod.create(storage_mod.open_storage(url), load_spec(str(spec_file)))
     artifacts = folder / f"artifacts-{name}"
     env = {
         **os.environ,
@@ -125,7 +126,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         errors += text.count("error:")
         taken_over += text.count("was failed as dead by another worker")
 
-    trials = study_mod.load(study_mod.open_storage(url), name)[0].get_trials()
+    trials = study_mod.load(storage_mod.open_storage(url), name)[0].get_trials()
     finished = {TrialState.COMPLETE, TrialState.PRUNED}
     retried_ok = {
         n for t in trials if t.state in finished for n in t.system_attrs.get("retry_history", [])

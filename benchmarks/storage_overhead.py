@@ -31,6 +31,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from common import machine
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo import worker
 from mnist_hpo.spec import parse
@@ -96,10 +97,10 @@ def measure(url: str, family: str, trials: int, epochs: int, data_dir: Path | No
         source="benchmark",
         default_name=f"bench_{family}",
     )
-    study_mod.create(study_mod.open_storage(url), spec)
+    study_mod.create(storage_mod.open_storage(url), spec)
     timings = Timings()
-    real_open = study_mod.open_storage
-    study_mod.open_storage = lambda u, **kw: timings.wrap(real_open(u, **kw))  # type: ignore[assignment]
+    real_open = storage_mod.open_storage
+    storage_mod.open_storage = lambda u, **kw: timings.wrap(real_open(u, **kw))  # type: ignore[assignment]
     try:
         t0 = time.perf_counter()
         worker.run(
@@ -109,7 +110,7 @@ def measure(url: str, family: str, trials: int, epochs: int, data_dir: Path | No
         )
         wall = time.perf_counter() - t0
     finally:
-        study_mod.open_storage = real_open
+        storage_mod.open_storage = real_open
     study = optuna.load_study(study_name=spec.name, storage=url)
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     trial_s = sum(

@@ -166,12 +166,13 @@ def test_bf16_is_refused_where_the_hardware_would_emulate_it(
 def test_delete_study_removes_the_checkpoints_its_trials_left(
     env: dict[str, str], tmp_path: Path
 ) -> None:
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
     from mnist_hpo.artifacts import open_store
     from mnist_hpo.checkpoints import Checkpoints
 
     assert run_cli("create-study", "small", env=env).returncode == 0
-    study, _ = study_mod.load(study_mod.open_storage(env["MNIST_HPO_STORAGE"]), "small")
+    study, _ = study_mod.load(storage_mod.open_storage(env["MNIST_HPO_STORAGE"]), "small")
     trial = study.ask()  # running when the study is deleted, e.g. a worker that was killed
     trial.set_user_attr("checkpoint", {"key": "ckpt-small-t0-ab"})
     folder = str(tmp_path / "artifacts")

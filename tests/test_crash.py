@@ -20,6 +20,8 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import run_cli, write_spec
+from mnist_hpo import retries
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.spec import load_spec
 
@@ -114,11 +116,13 @@ class Worker:
 
 
 def _create(url: str, tmp_path: Path, body: str, name: str = "crash") -> None:
-    study_mod.create(study_mod.open_storage(url), load_spec(str(write_spec(tmp_path, name, body))))
+    study_mod.create(
+        storage_mod.open_storage(url), load_spec(str(write_spec(tmp_path, name, body)))
+    )
 
 
 def _trials(url: str, name: str = "crash") -> list[optuna.trial.FrozenTrial]:
-    return study_mod.load(study_mod.open_storage(url, must_exist=True), name)[0].get_trials()
+    return study_mod.load(storage_mod.open_storage(url, must_exist=True), name)[0].get_trials()
 
 
 def _checkpoint_files(tmp_path: Path) -> list[str]:
@@ -325,19 +329,19 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(
     monkeypatch.setenv("MNIST_HPO_GRACE", "2")
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
-    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
     study.ask()  # RUNNING, and no heartbeat ever: the worker "died" right after taking it
     # Optuna's own stale check only sees trials with a heartbeat row: this one would leak.
     plain = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
     time.sleep(2.5)
     assert plain._get_stale_trial_ids(study._study_id) == []
-    study_mod.fail_stale(study)
+    storage_mod.fail_stale(study)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
 
 
 def test_sqlite_storage_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
-    storage = study_mod.open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    storage = storage_mod.open_storage(f"sqlite:///{tmp_path / 's.db'}")
     with storage.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
@@ -357,7 +361,7 @@ def test_stops_never_use_up_the_retry_allowance_but_crashes_do(
     monkeypatch.setenv("MNIST_HPO_GRACE", "5")
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
-    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
     crash = study._storage.get_heartbeat_stale_trial_callback()  # what fail_stale calls
     first = study.ask()
     first.set_user_attr("checkpoint", {"key": "k"})
@@ -366,23 +370,23 @@ def test_stops_never_use_up_the_retry_allowance_but_crashes_do(
     failed = study._storage.get_trial(first._trial_id)
     # A spot machine preempted again and again: every stop is re-queued (Optuna's own callback
     # gives up after max_retry of them, dropping the trial and its finished epochs).
-    for _ in range(study_mod.MAX_RETRY + 2):
-        assert study_mod.requeue(study, failed)
+    for _ in range(retries.MAX_RETRY + 2):
+        assert retries.requeue(study, failed)
         failed = _fail_latest(study)
     # Then it kills its worker: crashes are retried MAX_RETRY times, then it is given up.
-    for _ in range(study_mod.MAX_RETRY):
+    for _ in range(retries.MAX_RETRY):
         crash(study, failed)
         failed = _fail_latest(study)
-    assert study_mod.given_up(study) == []
+    assert retries.given_up(study) == []
     crash(study, failed)
-    assert [t.number for t in study_mod.given_up(study)] == [failed.number]
-    assert study_mod.given_up(study) == []  # reported once
+    assert [t.number for t in retries.given_up(study)] == [failed.number]
+    assert retries.given_up(study) == []  # reported once
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL] * (2 * study_mod.MAX_RETRY + 3)
+    assert [t.state for t in trials] == [TrialState.FAIL] * (2 * retries.MAX_RETRY + 3)
     last = trials[-1]
     assert last.system_attrs["failed_trial"] == 0
     assert last.system_attrs["retry_history"] == list(range(last.number))
-    assert study_mod.crashes(last) == study_mod.MAX_RETRY
+    assert retries.crashes(last) == retries.MAX_RETRY
     # Each retry carried the parameters, the checkpoint pointer and the reported epoch.
     assert last.params == trials[0].params and last.user_attrs["checkpoint"] == {"key": "k"}
     assert last.intermediate_values == {1: 0.5}
@@ -399,7 +403,7 @@ def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
     monkeypatch.setenv("MNIST_HPO_GRACE", "2")
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL.replace("epochs = 12", "epochs = 1"))
-    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
     crash = study._storage.get_heartbeat_stale_trial_callback()
     first = study.ask()
     first.set_user_attr("checkpoint", {"key": "ckpt-crash-t0-x"})
@@ -407,9 +411,9 @@ def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
     Checkpoints(open_store(folder), folder).save("ckpt-crash-t0-x", 1, {"epoch": 1})
     study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
     failed = study._storage.get_trial(first._trial_id)
-    for i in range(study_mod.MAX_RETRY):
+    for i in range(retries.MAX_RETRY):
         crash(study, failed)
-        if i < study_mod.MAX_RETRY - 1:
+        if i < retries.MAX_RETRY - 1:
             failed = _fail_latest(study)
     last = study.ask()  # the third retry: its worker dies too, before any heartbeat
     assert _checkpoint_files(tmp_path) == ["ckpt-crash-t0-x-e1"]
@@ -425,7 +429,7 @@ def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
         torch.set_num_threads(threads)  # worker.run sets it for the whole test process
     said = [n for n in notes if "given up" in n]
     assert said == [
-        f"trial {last.number} was given up: its worker died {study_mod.MAX_RETRY + 1} times "
+        f"trial {last.number} was given up: its worker died {retries.MAX_RETRY + 1} times "
         "(out of memory?); its checkpoints are removed"
     ], notes
     assert _checkpoint_files(tmp_path) == []
@@ -442,7 +446,7 @@ def test_the_worker_that_ends_a_study_removes_checkpoints_a_cleanup_missed(
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
-    study, _ = study_mod.load(study_mod.open_storage(url), "crash")
+    study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
     trial = study.ask()
     trial.set_user_attr("checkpoint", {"key": "ckpt-crash-t0-y"})
     folder = str(tmp_path / "artifacts")

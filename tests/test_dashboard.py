@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ROOT, SMALL_SPEC, write_spec
 from mnist_hpo import dashboard
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError
 from mnist_hpo.spec import load_spec
@@ -58,7 +59,7 @@ def test_serves_a_fresh_database(storage_url: str, tmp_path: Path, serve: Serve)
     assert status == 200 and json.loads(body) == {"study_summaries": []}
     # A study created afterwards shows up: the server reads the storage, not a snapshot.
     spec = load_spec(str(write_spec(tmp_path, "small", SMALL_SPEC)))
-    study_mod.create(study_mod.open_storage(storage_url), spec)
+    study_mod.create(storage_mod.open_storage(storage_url), spec)
     summaries = json.loads(_get(f"http://127.0.0.1:{d.port}/api/studies")[1])["study_summaries"]
     assert [s["study_name"] for s in summaries] == ["small"]
     assert _get(d.url)[0] == 200
@@ -117,7 +118,7 @@ def test_browser_renders_the_study_its_trials_and_plots(
 ) -> None:
     chromium = _chromium()
     url, name = finished_study
-    storage = study_mod.open_storage(url)
+    storage = storage_mod.open_storage(url)
     study, _ = study_mod.load(storage, name)
     study_id = storage.get_study_id_from_name(name)
     d = serve(dashboard.open_dashboard(url, port=0, artifacts_at=str(tmp_path / "a")))

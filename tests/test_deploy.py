@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, write_spec
 from mnist_hpo import data
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
 from mnist_hpo.spec import load_spec
@@ -96,7 +97,7 @@ def test_compose_services_and_their_settings() -> None:
     # Longer than an epoch and than the heartbeat's grace, so a stopping worker is not killed
     # mid-epoch and its trial is not failed by others while it still writes.
     grace = seconds(interpolate(worker["stop_grace_period"], {}))
-    assert grace > study_mod.GRACE
+    assert grace > storage_mod.GRACE
     # Every image-based service shares the image's settings and the shared volumes.
     for name in ("create-study", "worker", "dashboard"):
         assert services[name]["image"] == "mnist-hpo:latest" and services[name]["init"] is True
@@ -252,7 +253,7 @@ def test_each_service_command_runs_against_postgres(
     for w in workers:
         out, err = w.communicate(timeout=300)
         assert w.returncode == 0 and "budget of 3 trials is spent" in out, out + err
-    study, _ = study_mod.load(study_mod.open_storage(pg_url), "compose")
+    study, _ = study_mod.load(storage_mod.open_storage(pg_url), "compose")
     states = [t.state.name for t in study.trials]
     assert len(states) == 3, states  # exactly the budget, however many replicas
     assert set(states) <= {"COMPLETE", "PRUNED"}, states
@@ -297,7 +298,7 @@ def test_kubernetes_job_example() -> None:
     assert spec["parallelism"] >= 2 and "completions" not in spec
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "OnFailure"
-    assert pod["terminationGracePeriodSeconds"] > study_mod.GRACE
+    assert pod["terminationGracePeriodSeconds"] > storage_mod.GRACE
     (init,) = pod["initContainers"]
     (worker,) = pod["containers"]
     assert init["args"][0] == "create-study" and worker["args"][0] == "work"

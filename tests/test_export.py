@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mnist_hpo import data, export, predict
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
 from mnist_hpo.errors import UsageError
@@ -35,7 +36,7 @@ def test_retraining_reproduces_the_best_trial_exactly(
     exported: export.Exported, finished_study: tuple[str, str]
 ) -> None:
     url, name = finished_study
-    study, _ = study_mod.load(study_mod.open_storage(url), name)
+    study, _ = study_mod.load(storage_mod.open_storage(url), name)
     best = study_mod.best_trial(study)
     assert best is not None
     m = exported.meta
@@ -219,7 +220,7 @@ def test_export_best_cli(finished_study: tuple[str, str], mnist_dir: Path, tmp_p
     assert f"wrote {out}: trial" in r.stdout and "warning" not in r.stderr
     assert export.load_model(out).meta["study"] == name
     _one_line_error(cli("export-best", name, "--trial", "99", env=env), 2, "has no trial 99")
-    study, _ = study_mod.load(study_mod.open_storage(url), name)
+    study, _ = study_mod.load(storage_mod.open_storage(url), name)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned, "the finished study is expected to prune some trials"
     r = cli("export-best", name, "--trial", str(pruned[0].number), env=env)

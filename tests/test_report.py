@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import SMALL_SPEC, write_spec
 from mnist_hpo import report
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
 from mnist_hpo.errors import HpoError
@@ -50,7 +51,7 @@ def test_report_is_self_contained(page: str) -> None:
 
 def test_report_tables_match_the_storage(page: str, finished_study: tuple[str, str]) -> None:
     url, name = finished_study
-    study, _ = study_mod.load(study_mod.open_storage(url), name)
+    study, _ = study_mod.load(storage_mod.open_storage(url), name)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned and len(complete) >= 2  # the fixture's study prunes: the plot must show it
@@ -74,7 +75,7 @@ def _thin_study(tmp_path: Path, completed: int) -> tuple[str, str]:
     """A real study with `completed` hand-made COMPLETE trials (the report only reads them)."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     spec = load_spec(str(write_spec(tmp_path, "thin", SMALL_SPEC)))
-    study, _ = study_mod.create(study_mod.open_storage(url), spec)
+    study, _ = study_mod.create(storage_mod.open_storage(url), spec)
     for i in range(completed):
         study.add_trial(
             optuna.trial.create_trial(

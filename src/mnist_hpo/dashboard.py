@@ -18,7 +18,7 @@ import optuna
 import optuna_dashboard
 
 from mnist_hpo import artifacts
-from mnist_hpo import study as study_mod
+from mnist_hpo import storage as storage_mod
 from mnist_hpo.errors import HpoError
 
 
@@ -75,7 +75,7 @@ def open_dashboard(
     storage goes through study.open_storage, which does.
     """
     # A threaded server answers several browser requests at once: more than a worker's 2.
-    storage = study_mod.open_storage(storage_url, connections=8)
+    storage = storage_mod.open_storage(storage_url, connections=8)
     store = artifacts.open_store(artifacts_at)
     app = optuna_dashboard.wsgi(storage, artifact_store=store)
     try:

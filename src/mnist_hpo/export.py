@@ -31,6 +31,7 @@ from torch import nn
 
 from mnist_hpo import __version__
 from mnist_hpo import data as data_mod
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.hyperparams import sample_training
@@ -164,7 +165,7 @@ def export_best(
     trial is retrained. `device` defaults to the device the trial recorded (the faithful
     reproduction); the data must be the data the study ran on.
     """
-    study, spec = study_mod.load(study_mod.open_storage(storage_url, must_exist=True), study_name)
+    study, spec = study_mod.load(storage_mod.open_storage(storage_url, must_exist=True), study_name)
     trial = pick_trial(study, trial_number)
     recorded_data = study.user_attrs.get(study_mod.DATA_ATTR) or {}
     raw = data_mod.load(spec.dataset, data_dir, download=download, message=message)

@@ -12,9 +12,9 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from mnist_hpo import __version__
+from mnist_hpo import __version__, retries
 from mnist_hpo import checkpoints as ckpt
-from mnist_hpo import study as study_mod
+from mnist_hpo import storage as storage_mod
 from mnist_hpo.checkpoints import Checkpoints
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted, ignore
 from mnist_hpo.hyperparams import sample_training
@@ -69,7 +69,7 @@ class Objective:
             self.listener(Note(text))
 
         try:
-            return study_mod.retrying(action, what=what, note=note)
+            return storage_mod.retrying(action, what=what, note=note)
         except optuna.exceptions.UpdateFinishedTrialError:
             raise TakenOver(what) from None
 
@@ -81,7 +81,7 @@ class Objective:
         if self.checkpoints is None:
             return "", None
         if not pointer:
-            return ckpt.new_key(self.spec.name, study_mod.original_number(frozen)), None
+            return ckpt.new_key(self.spec.name, retries.original_number(frozen)), None
         key = str(pointer["key"])
         epoch = max(frozen.intermediate_values, default=0)  # the last epoch reported
         if epoch < 1:

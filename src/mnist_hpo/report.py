@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import __version__
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError
 from mnist_hpo.spec import StudySpec
@@ -37,7 +38,7 @@ def _plotly() -> Any:
 
 def write_report(storage_url: str, study_name: str, out: Path, *, top: int = TOP) -> Path:
     """Render the study's report to `out` (HTML)."""
-    study, spec = study_mod.load(study_mod.open_storage(storage_url, must_exist=True), study_name)
+    study, spec = study_mod.load(storage_mod.open_storage(storage_url, must_exist=True), study_name)
     page = render(study, spec, top=top)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo import artifacts
+from mnist_hpo import artifacts, retries
 from mnist_hpo import data as data_mod
+from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.checkpoints import Checkpoints
 from mnist_hpo.errors import HpoError, UsageError
@@ -133,10 +134,10 @@ def run(
     def message(text: str) -> None:
         listener(Note(text))
 
-    wait = study_mod.storage_wait_seconds()
-    storage = study_mod.open_storage(storage_url, must_exist=True, wait=wait)
+    wait = storage_mod.storage_wait_seconds()
+    storage = storage_mod.open_storage(storage_url, must_exist=True, wait=wait)
     storage.note = message
-    study, spec = study_mod.retrying(
+    study, spec = storage_mod.retrying(
         lambda: study_mod.load(storage, study_name), what="loading the study", note=message
     )
     raw = data_mod.load(
@@ -148,7 +149,7 @@ def run(
     )
     # Exact budget: one worker at a time takes a new trial or re-queues a failed one.
     storage.budget, storage.stale_check = spec.budget(), False
-    study_mod.retrying(lambda: check_data(study, raw), what="checking the data", note=message)
+    storage_mod.retrying(lambda: check_data(study, raw), what="checking the data", note=message)
     listener(Note(f"data: {raw.source}"))
     split = data_mod.split(
         raw, validation_size=spec.validation_size, train_size=spec.train_size, device=device
@@ -208,9 +209,9 @@ def run(
         current = objective.current
         if current is None:
             return "no trial was running"
-        with study_mod.taking_a_trial(study):  # no worker counts the study between the two
+        with storage_mod.taking_a_trial(study):  # no worker counts the study between the two
             try:
-                study_mod.retrying(
+                storage_mod.retrying(
                     lambda: storage.set_trial_state_values(current._trial_id, TrialState.FAIL),
                     what=f"re-queuing trial {current.number}",
                     note=message,
@@ -221,8 +222,8 @@ def run(
                 if not (failed_here and state == TrialState.FAIL):
                     return f"trial {current.number} was already {state.name}; nothing to re-queue"
             failed = storage.get_trial(current._trial_id)
-            requeued = study_mod.retrying(
-                lambda: study_mod.requeue(study, failed),
+            requeued = storage_mod.retrying(
+                lambda: retries.requeue(study, failed),
                 what=f"re-queuing trial {current.number}",
                 note=message,
             )
@@ -250,13 +251,13 @@ def run(
             break
         objective.current = None
         try:
-            study_mod.fail_stale(study)
-            for dead in study_mod.given_up(study):
+            storage_mod.fail_stale(study)
+            for dead in retries.given_up(study):
                 objective.cleanup(dead)
                 listener(
                     Note(
                         f"trial {dead.number} was given up: its worker died "
-                        f"{study_mod.crashes(dead) + 1} times (out of memory?); its "
+                        f"{retries.crashes(dead) + 1} times (out of memory?); its "
                         "checkpoints are removed"
                     )
                 )
@@ -295,7 +296,7 @@ def run(
                 if stopper is not None:
                     stopper.in_trial = False
             outage_started, delay = None, 0.5
-        except study_mod.BudgetSpent:
+        except storage_mod.BudgetSpent:
             continue  # another worker took the last trial: wait for it or stop, as above
         except StopRequested:
             if stopper is None:
@@ -312,24 +313,24 @@ def run(
             listener(
                 Note(
                     f"trial {number} was failed as dead by another worker (no heartbeat for "
-                    f"{study_mod.grace_seconds()} s) and re-queued; moving on"
+                    f"{storage_mod.grace_seconds()} s) and re-queued; moving on"
                 )
             )
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            if not study_mod.is_transient(e):
+            if not storage_mod.is_transient(e):
                 raise
             now = time.monotonic()
             if outage_started is None:
                 outage_started = now
                 listener(
                     Note(
-                        f"storage unavailable ({study_mod.describe(e)}); retrying for up to "
+                        f"storage unavailable ({storage_mod.describe(e)}); retrying for up to "
                         f"{wait:g} s"
                     )
                 )
             elif now - outage_started >= wait:
                 raise HpoError(
-                    f"lost the storage for more than {wait:g} s ({study_mod.describe(e)}); "
+                    f"lost the storage for more than {wait:g} s ({storage_mod.describe(e)}); "
                     "check the database server, then start the worker again "
                     "(MNIST_HPO_STORAGE_WAIT sets the wait)"
                 ) from None
