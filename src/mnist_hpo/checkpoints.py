@@ -5,7 +5,8 @@ history, and only then reports the epoch's validation accuracy: every reported e
 complete checkpoint file (each epoch is a file of its own, so a kill mid-write never spoils an
 older one). A retried trial inherits its predecessor's user attributes (the `checkpoint`
 attribute names the files' key) and reported epochs (retries.RetryDeadTrials), so it loads
-the checkpoint of the last reported epoch and trains only the epochs after it. No extra database write per epoch.
+the checkpoint of the last reported epoch and trains only the epochs after it. No extra
+database write per epoch.
 
 Files are named `ckpt-<study>-t<original trial>-<token>-e<epoch>`: the original trial number of
 the retry chain, and a random token so that studies of the same name in other storages sharing
