@@ -3,6 +3,7 @@ a PostgreSQL restart mid-study, and an unreachable storage. Heartbeat 1 s, grace
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -463,4 +464,93 @@ def test_the_worker_that_ends_a_study_removes_checkpoints_a_cleanup_missed(
         torch.set_num_threads(threads)
     assert summary.trials == 0 and "budget of 1 trials is spent" in summary.stop_reason
     assert "removed 1 checkpoint file(s) of interrupted trials" in notes, notes
+    assert _checkpoint_files(tmp_path) == []
+
+
+class Outage:
+    """A TCP relay to the PostgreSQL server that can drop every connection and refuse new ones:
+    a database that is gone for as long as the test wants (a restart is over in seconds)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+
+        self.target = target
+        self.down = threading.Event()
+        self.open: list[socket.socket] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            a.close()
+            b.close()
+
+    def cut(self) -> None:
+        import socket
+
+        self.down.set()
+        for s in self.open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_a_database_gone_longer_than_the_wait_is_one_line_and_no_work_is_lost(
+    tmp_path: Path, mnist_dir: Path, pg_url: str
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    _create(pg_url, tmp_path, ONE_TRIAL.replace("epochs = 12", "epochs = 30"))
+    url = make_url(pg_url)
+    outage = Outage((url.host or "127.0.0.1", url.port or 5432))
+    relayed = url.set(host="127.0.0.1", port=outage.port).render_as_string(hide_password=False)
+    env = _env(tmp_path, relayed, mnist_dir, MNIST_HPO_STORAGE_WAIT="3")
+    try:
+        w = Worker(env, "crash", "-v")
+        w.wait_for(r"epoch 3/30")
+        outage.cut()
+        assert w.finish(timeout=120) == 1, w.output
+        assert "Traceback" not in w.output, w.output
+        errors = [line for line in w.lines if line.startswith("error: ")]
+        assert len(errors) == 1 and "did not come back within 3 s" in errors[0], w.output
+        assert "start the worker again" in errors[0]
+        outage.restore()
+        w = Worker(env, "crash")  # after the grace, it retries the trial from its checkpoint
+        assert w.finish(timeout=180) == 0, w.output
+        assert "Traceback" not in w.output
+    finally:
+        outage.close()
+    trials = _trials(pg_url)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["resumed_from_epoch"] >= 3
     assert _checkpoint_files(tmp_path) == []

@@ -298,6 +298,15 @@ def run(
             outage_started, delay = None, 0.5
         except storage_mod.BudgetSpent:
             continue  # another worker took the last trial: wait for it or stop, as above
+        except UnboundLocalError as e:
+            # Optuna 5.0's _run_trial, when the storage is still gone as it records a failed
+            # trial, re-reads the trial, fails again and then trips over its own unset
+            # `updated_state`. The error it was handling (our bounded storage wait running out)
+            # is the one to report; the trial is retried from its checkpoint once the
+            # database is back and its heartbeat has expired.
+            if isinstance(e.__context__, HpoError):
+                raise e.__context__ from None
+            raise
         except StopRequested:
             if stopper is None:
                 raise
