@@ -142,3 +142,35 @@ def test_workers_racing_for_the_last_trials_never_exceed_the_budget(
     study = optuna.load_study(study_name="small", storage=storage)
     study.enqueue_trial({"hidden": 64})
     assert study.ask().number == 6
+
+
+def test_a_stopping_worker_holds_the_take_a_trial_lock_until_it_has_requeued(
+    storage_url: str, tmp_path: Path
+) -> None:
+    import threading
+
+    from mnist_hpo.objective import Objective
+    from mnist_hpo.stopping import StopRequested
+
+    study_mod.create(storage_mod.open_storage(storage_url), _spec(tmp_path))
+    study = optuna.load_study(study_name="small", storage=storage_mod.open_storage(storage_url))
+    trial = study.ask()
+    objective = Objective.__new__(Objective)  # only its stop path, which needs no model or data
+    objective._hold = None
+    with pytest.raises(StopRequested):
+        objective._stop(trial)
+    with storage_mod.taking_a_trial(study):  # re-entrant: the worker's re-queue takes it again
+        pass
+    taken = threading.Event()
+
+    def other_worker() -> None:
+        other = storage_mod.open_storage(storage_url)
+        with other.taking_a_trial(study._study_id):
+            taken.set()
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    assert not taken.wait(1.0)  # no other worker counts the study while the trial is re-queued
+    objective.release()
+    assert taken.wait(30)
+    thread.join()

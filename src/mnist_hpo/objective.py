@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import optuna
 import torch
@@ -16,6 +17,7 @@ from mnist_hpo import __version__, retries
 from mnist_hpo import checkpoints as ckpt
 from mnist_hpo import storage as storage_mod
 from mnist_hpo.checkpoints import Checkpoints
+from mnist_hpo.errors import HpoError
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted, ignore
 from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.space import Hyper
@@ -61,6 +63,7 @@ class Objective:
         self.stopper = stopper
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.current: FrozenTrial | None = None  # the trial being run, as it was when it started
+        self._hold: contextlib.ExitStack | None = None  # the take-a-trial lock while stopping
 
     def _save(self, what: str, action: Callable[[], T]) -> T:
         """A storage write that survives a database restart (bounded by STORAGE_WAIT)."""
@@ -102,7 +105,7 @@ class Objective:
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         self.current = frozen
         if self.stopper is not None and self.stopper.requested:
-            raise StopRequested  # a signal came while the trial was being taken
+            self._stop(trial)  # a signal came while the trial was being taken
         hp = Hyper(trial, spec.overrides)
         arch = family.sample(hp)
         # A retried trial inherits its user attrs, seed included, so it trains the same way.
@@ -165,7 +168,7 @@ class Objective:
             # After the last epoch there is nothing left to save: finish and record test accuracy.
             if e.epoch < cfg.epochs:
                 if self.stopper is not None and self.stopper.requested:
-                    raise StopRequested
+                    self._stop(trial)
                 if self._save(f"asking the pruner about trial {trial.number}", trial.should_prune):
                     self._save(f"finishing trial {trial.number}", record_history)
                     raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
@@ -188,6 +191,26 @@ class Objective:
 
         self._save(f"finishing trial {trial.number}", finish)
         return result.val_accuracy
+
+    def _stop(self, trial: optuna.Trial) -> NoReturn:
+        """Raise StopRequested holding the take-a-trial lock: Optuna marks the trial FAIL, the
+        worker re-queues it (re-entering the lock) and then calls release(). No other worker
+        counts the study in between, when it looks one trial short of its budget."""
+        hold = contextlib.ExitStack()
+        try:
+            # One attempt: with the database gone the trial is re-queued later without it.
+            hold.enter_context(storage_mod.taking_a_trial(trial.study, wait=0))
+        except HpoError:
+            hold.close()
+        else:
+            self._hold = hold
+        raise StopRequested
+
+    def release(self) -> None:
+        """Let go of the lock _stop took (the worker calls it after every trial)."""
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.close()
 
     def cleanup(self, trial: FrozenTrial) -> None:
         """Delete the checkpoints of a trial that finished (COMPLETE or PRUNED) or was given up."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -201,28 +202,56 @@ class WorkerStorage(RDBStorage):
             return super()._create_new_trial(study_id)
 
     @contextlib.contextmanager
-    def taking_a_trial(self, study_id: int) -> Iterator[None]:
+    def taking_a_trial(self, study_id: int, *, wait: float | None = None) -> Iterator[None]:
         """Only one worker at a time creates the study's next trial, or fails and re-queues one
-        (between the FAIL and the re-queue the study looks one trial short of its budget)."""
+        (between the FAIL and the re-queue the study looks one trial short of its budget).
+
+        Re-entrant within a thread (a stopping worker holds it from its last epoch through
+        Optuna's FAIL to its re-queue). Taking it retries a lost database for `wait` seconds
+        (default MNIST_HPO_STORAGE_WAIT), then raises HpoError.
+        """
+        held = self.__dict__.setdefault("_held", threading.local())
+        if getattr(held, "depth", 0):
+            held.depth += 1
+            try:
+                yield
+            finally:
+                held.depth -= 1
+            return
+        with self._study_lock(study_id, wait):
+            held.depth = 1
+            try:
+                yield
+            finally:
+                held.depth = 0
+
+    @contextlib.contextmanager
+    def _study_lock(self, study_id: int, wait: float | None) -> Iterator[None]:
         if self.engine.dialect.name == "postgresql":
             # A session-level advisory lock: released by the server if this worker dies.
-            with self.engine.connect() as conn:
-                conn.execute(
-                    sqlalchemy.text("SELECT pg_advisory_lock(:c, :s)"),
-                    {"c": LOCK_CLASS, "s": study_id},
-                )
-                conn.commit()
+            key = {"c": LOCK_CLASS, "s": study_id}
+
+            def lock() -> sqlalchemy.engine.Connection:
+                conn = self.engine.connect()
                 try:
-                    yield
-                finally:
-                    try:
-                        conn.execute(
-                            sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"),
-                            {"c": LOCK_CLASS, "s": study_id},
-                        )
-                        conn.commit()
-                    except sqlalchemy.exc.SQLAlchemyError:
-                        conn.invalidate()  # closing the session releases the lock
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:c, :s)"), key)
+                    conn.commit()
+                except BaseException:
+                    conn.invalidate()
+                    conn.close()
+                    raise
+                return conn
+
+            conn = retrying(lock, what="locking the study", wait=wait, note=self.note)
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"), key)
+                    conn.commit()
+                except sqlalchemy.exc.SQLAlchemyError:
+                    conn.invalidate()  # closing the session releases the lock
+                conn.close()
         elif self.lock_file is not None and fcntl is not None:
             # flock: released by the kernel if this worker dies. SQLite studies are one-machine.
             with open(self.lock_file, "a+b") as f:
@@ -492,13 +521,13 @@ def worker_storage(study: optuna.Study) -> WorkerStorage | None:
 
 
 @contextlib.contextmanager
-def taking_a_trial(study: optuna.Study) -> Iterator[None]:
+def taking_a_trial(study: optuna.Study, *, wait: float | None = None) -> Iterator[None]:
     """WorkerStorage.taking_a_trial for this study (nothing to lock on other storages)."""
     storage = worker_storage(study)
     if storage is None:
         yield
     else:
-        with storage.taking_a_trial(study._study_id):
+        with storage.taking_a_trial(study._study_id, wait=wait):
             yield
 
 

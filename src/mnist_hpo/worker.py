@@ -351,6 +351,8 @@ def run(
                 with contextlib.suppress(HpoError):
                     note = requeue_current("its result could not be stored")
                     listener(Note(note))
+        finally:
+            objective.release()  # held from a stop request until the trial was re-queued
         if stopper is not None and stopper.requested:
             stopper.take()
             raise stopper.interrupted("the running trial finished first; nothing to re-queue")
