@@ -1,8 +1,9 @@
-"""Soak / fault test: N worker processes x M trials on SQLite and PostgreSQL, with random SIGKILLs.
+"""Soak / fault test: N worker processes x M trials on SQLite and PostgreSQL, with random kills.
 
 Each backend runs one study twice with the same spec: once undisturbed (the baseline), once
-while a supervisor SIGKILLs a random worker every few seconds and starts a replacement (as a
-restart policy would). Then it counts what a user would care about:
+while a supervisor SIGKILLs (or, with --signal TERM, stops as `docker stop` does) a random
+worker every few seconds and starts a replacement (as a restart policy would). Then it counts
+what a user would care about:
 
 - trials/s of both runs and their ratio, and the best validation accuracy of each;
 - retries: trials failed by the heartbeat and re-queued, and how many resumed from a
@@ -15,7 +16,8 @@ The objective is the real one on a tiny slice of real MNIST (perceptron, 2,000 t
 Heartbeat 1 s, grace 5 s (MNIST_HPO_HEARTBEAT / MNIST_HPO_GRACE), as in the tests.
 
     MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/soak.py \\
-        [--workers 4] [--trials 24] [--kills 5] [--backends sqlite,postgres] [--seed 0]
+        [--workers 4] [--trials 24] [--kills 5] [--signal KILL|TERM] [--backends sqlite,postgres]
+        [--seed 0]
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Outcome:
     overshoot: int  # finished trials beyond the budget
     taken_over: int = 0  # "failed as dead by another worker" lines: a live worker judged dead
     leftovers: tuple[str, ...] = ()  # checkpoint files left, by name
+    bad_codes: tuple[int, ...] = ()  # unexpected worker exit codes
 
 
 def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> Outcome:
@@ -112,13 +115,17 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
             }
             busy = [p for p in alive if str(p.pid) in running]
             victim = rng.choice(busy or alive)
-            victim.send_signal(signal.SIGKILL)
+            victim.send_signal(args.sig)
             victim.wait()
             done_kills += 1
             procs.append(spawn())  # the restart policy
             next_kill = time.monotonic() + rng.uniform(2, 6)
     seconds = time.monotonic() - started
-    bad_exits = sum(p.returncode not in (0, -signal.SIGKILL) for p in procs)
+    # SIGKILL: -9; SIGTERM: the worker re-queues its trial and exits 143 (128 + 15), or -15
+    # when it came before the worker had installed its handler (still importing PyTorch).
+    ok = (0, -signal.SIGKILL, 143, -signal.SIGTERM)
+    bad_codes = sorted(p.returncode for p in procs if p.returncode not in ok)
+    bad_exits = len(bad_codes)
     errors = taken_over = 0
     for log in logs.iterdir():
         text = log.read_text(errors="replace")
@@ -160,6 +167,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         overshoot=max(0, len(done) - args.trials),
         taken_over=taken_over,
         leftovers=tuple(sorted(leftovers)),
+        bad_codes=tuple(bad_codes),
     )
 
 
@@ -194,6 +202,8 @@ def report(backend: str, label: str, o: Outcome, trials: int) -> None:
             print(f"    LOST: {kind}: {n}")
     if o.leftovers:
         print(f"    files left: {', '.join(o.leftovers)}")
+    if o.bad_codes:
+        print(f"    exit codes: {', '.join(map(str, o.bad_codes))}")
 
 
 def main() -> int:
@@ -201,21 +211,24 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--kills", type=int, default=5)
+    p.add_argument("--signal", choices=("KILL", "TERM"), default="KILL")
     p.add_argument("--backends", default="sqlite,postgres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="Skip the undisturbed runs.")
     args = p.parse_args()
+    args.sig = signal.SIGKILL if args.signal == "KILL" else signal.SIGTERM
+    faulty = f"SIG{args.signal}s"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lost_total = 0
     print(
         f"{args.workers} workers x {args.trials} trials (perceptron, 2,000 images, 4 epochs), "
-        f"{args.kills} random SIGKILLs per faulty run; heartbeat 1 s, grace 5 s"
+        f"{args.kills} random {faulty} per faulty run; heartbeat 1 s, grace 5 s"
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for backend in args.backends.split(","):
             rates = {}
-            for label, kills in (("baseline", 0), ("SIGKILLs", args.kills)):
+            for label, kills in (("baseline", 0), (faulty, args.kills)):
                 if label == "baseline" and args.no_baseline:
                     continue
                 if backend == "sqlite":
@@ -233,7 +246,7 @@ def main() -> int:
             if len(rates) == 2:
                 print(
                     f"{backend:<8} throughput with faults / without: "
-                    f"{rates['SIGKILLs'] / rates['baseline']:.2f}"
+                    f"{rates[faulty] / rates['baseline']:.2f}"
                 )
     print(f"lost in all runs: {lost_total}")
     return 1 if lost_total else 0
