@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial
 
@@ -200,7 +201,7 @@ class Objective:
         try:
             # One attempt: with the database gone the trial is re-queued later without it.
             hold.enter_context(storage_mod.taking_a_trial(trial.study, wait=0))
-        except HpoError:
+        except (HpoError, sqlalchemy.exc.SQLAlchemyError):
             hold.close()
         else:
             self._hold = hold
