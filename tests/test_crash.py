@@ -435,7 +435,7 @@ def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
     ], notes
     assert _checkpoint_files(tmp_path) == []
     r = run_cli("status", "crash", env={"MNIST_HPO_STORAGE": url})
-    assert f"given up: trial(s) {last.number} failed and were not retried" in r.stdout, r.stdout
+    assert f"given up: trial {last.number}: its worker died 4 times" in r.stdout, r.stdout
 
 
 def test_the_worker_that_ends_a_study_removes_checkpoints_a_cleanup_missed(
@@ -554,3 +554,55 @@ def test_a_database_gone_longer_than_the_wait_is_one_line_and_no_work_is_lost(
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].user_attrs["resumed_from_epoch"] >= 3
     assert _checkpoint_files(tmp_path) == []
+
+
+def test_a_trial_that_raises_is_recorded_and_skipped_and_three_in_a_row_stop_the_worker(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import mnist_hpo.objective as objective_mod
+    from mnist_hpo.cli import app
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(url, tmp_path, MANY_TRIALS.replace("n_trials = 8", "n_trials = 2"))
+    real_train = objective_mod.train
+    calls = 0
+
+    def first_one_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # as torch says when a large configuration does not fit
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(objective_mod, "train", first_one_fails)
+    env = _env(tmp_path, url, mnist_dir)
+    threads = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(app, ["work", "crash"], env=env)
+        assert r.exit_code == 0, r.output
+        assert "trial 0 failed: RuntimeError: DefaultCPUAllocator: not enough memory" in r.output
+        assert "it is not retried" in r.output and "Traceback" not in r.output
+        trials = _trials(url)
+        # The failed trial does not use up the budget: two more ran and finished.
+        assert [t.state for t in trials][0] == TrialState.FAIL
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+        assert trials[0].user_attrs["error"].startswith("RuntimeError: DefaultCPUAllocator")
+        r = CliRunner().invoke(app, ["status", "crash"], env=env)
+        assert "given up: trial 0: RuntimeError: DefaultCPUAllocator" in r.output, r.output
+
+        def always_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise ValueError("a bug")
+
+        monkeypatch.setattr(objective_mod, "train", always_fails)
+        _create(url, tmp_path, MANY_TRIALS, name="broken")
+        r = CliRunner().invoke(app, ["work", "broken"], env=env)
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert "error: 3 trials in a row failed, the last with ValueError: a bug; fix the cause" in (
+        r.output
+    ), r.output
+    assert [t.state for t in _trials(url, "broken")] == [TrialState.FAIL] * 3

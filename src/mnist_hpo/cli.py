@@ -400,12 +400,11 @@ def _print_status(url: str, name: str) -> None:
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
     dropped = retries.not_retried(study)
-    if dropped:
-        typer.echo(
-            f"given up: trial(s) {', '.join(map(str, dropped))} failed and were not retried "
-            f"(their workers died {retries.MAX_RETRY + 1} times, or the trial raised an "
-            "error: see the workers' output)"
-        )
+    for t in dropped[:5]:  # failed and not retried: no result for these parameters
+        reason = t.user_attrs.get("error") or f"its worker died {retries.MAX_RETRY + 1} times"
+        typer.echo(f"given up: trial {t.number}: {reason}")
+    if len(dropped) > 5:
+        typer.echo(f"given up: {len(dropped) - 5} more (the dashboard shows each one's error)")
     best = study_mod.best_trial(study)
     if best is None:
         typer.echo("best: no completed trial yet")

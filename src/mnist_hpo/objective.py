@@ -102,6 +102,30 @@ class Objective:
             return key, None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except (
+            StopRequested,
+            optuna.TrialPruned,
+            TakenOver,
+            HpoError,
+            optuna.exceptions.OptunaError,
+            sqlalchemy.exc.SQLAlchemyError,
+        ):
+            raise
+        except Exception as e:
+            # Something in the trial itself: out of memory for a large configuration, a GPU
+            # error, a bug. Recorded on the trial (Optuna then marks it FAIL); the worker moves
+            # on instead of dying with a traceback.
+            error = one_line(e)
+            with contextlib.suppress(HpoError, TakenOver):
+                self._save(
+                    f"recording the error of trial {trial.number}",
+                    lambda: trial.set_user_attr("error", error),
+                )
+            raise TrialFailed(trial.number, error) from e
+
+    def _run(self, trial: optuna.Trial) -> float:
         spec, family = self.spec, self.spec.family_def
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         self.current = frozen
@@ -218,6 +242,23 @@ class Objective:
         pointer = trial.user_attrs.get(ckpt.ATTR)
         if self.checkpoints is not None and pointer:
             self.checkpoints.remove(str(pointer["key"]), self.spec.epochs)
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: first line of the message`, at most 300 characters: for a trial's `error`."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text[:300]
+
+
+class TrialFailed(Exception):
+    """The trial itself raised an error (recorded as its `error` user attr); it is not retried:
+    the same parameters would fail again."""
+
+    def __init__(self, number: int, error: str) -> None:
+        super().__init__(f"trial {number} failed: {error}")
+        self.number = number
+        self.error = error
 
 
 class TakenOver(Exception):

@@ -95,9 +95,9 @@ def original_number(trial: FrozenTrial) -> int:
     return trial.number if first is None else int(first)
 
 
-def not_retried(study: optuna.Study) -> list[int]:
+def not_retried(study: optuna.Study) -> list[FrozenTrial]:
     """FAIL trials that no later trial retries: given up after MAX_RETRY deaths (or failed by
     an error in the trial itself); their configurations have no result."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return [t.number for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    return [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]

@@ -24,11 +24,14 @@ from mnist_hpo import study as study_mod
 from mnist_hpo.checkpoints import Checkpoints
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
-from mnist_hpo.objective import Objective, TakenOver
+from mnist_hpo.objective import Objective, TakenOver, TrialFailed
 from mnist_hpo.stopping import Stopper, StopRequested
 from mnist_hpo.train import PRECISIONS, auto_may_use_bf16, bf16_native
 
 POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
+# Trials that raise an error (out of memory for a large configuration) are skipped; this many
+# in a row means the cause is not the parameters (a bug, a broken GPU), so the worker stops.
+FAILED_IN_A_ROW = 3
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ def run(
         stopper.on_deadline = lambda: requeue_current("its epoch was cut short")
 
     waiting_noted = False
+    failed_in_a_row = 0
     outage_started: float | None = None
     delay = 0.5
     while True:
@@ -295,7 +299,7 @@ def run(
             finally:
                 if stopper is not None:
                     stopper.in_trial = False
-            outage_started, delay = None, 0.5
+            outage_started, delay, failed_in_a_row = None, 0.5, 0
         except storage_mod.BudgetSpent:
             continue  # another worker took the last trial: wait for it or stop, as above
         except UnboundLocalError as e:
@@ -307,6 +311,24 @@ def run(
             if isinstance(e.__context__, HpoError):
                 raise e.__context__ from None
             raise
+        except TrialFailed as e:
+            # FAIL, not retried, and not counted against the budget: the sampler tries other
+            # parameters. A cause that fails every trial (a broken GPU, a bug) stops the worker
+            # after FAILED_IN_A_ROW instead of burning through trials.
+            failed_in_a_row += 1
+            summary.states["FAIL"] = summary.states.get("FAIL", 0) + 1
+            with contextlib.suppress(HpoError):
+                trial_id = storage.get_trial_id_from_study_id_trial_number(
+                    study._study_id, e.number
+                )
+                objective.cleanup(storage.get_trial(trial_id))  # retried, then HpoError
+            listener(Note(f"{e}; it is not retried (its parameters would fail again)"))
+            if failed_in_a_row >= FAILED_IN_A_ROW:
+                raise HpoError(
+                    f"{failed_in_a_row} trials in a row failed, the last with {e.error}; fix "
+                    "the cause, then start the worker again (failed trials do not use up the "
+                    "budget; `mnist-hpo status` lists them)"
+                ) from None
         except StopRequested:
             if stopper is None:
                 raise
