@@ -586,7 +586,7 @@ def test_a_trial_that_raises_is_recorded_and_skipped_and_three_in_a_row_stop_the
         assert "it is not retried" in r.output and "Traceback" not in r.output
         trials = _trials(url)
         # The failed trial does not use up the budget: two more ran and finished.
-        assert [t.state for t in trials][0] == TrialState.FAIL
+        assert trials[0].state == TrialState.FAIL
         assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
         assert trials[0].user_attrs["error"].startswith("RuntimeError: DefaultCPUAllocator")
         r = CliRunner().invoke(app, ["status", "crash"], env=env)
