@@ -267,21 +267,27 @@ class WorkerStorage(RDBStorage):
         """Trials that use up budget (Progress.spent), counted in the database."""
         from optuna.storages._rdb import models
 
-        session = self.scoped_session()
-        try:
+        with self._session() as session:
             count = (
                 session.query(sqlalchemy.func.count(models.TrialModel.trial_id))
                 .filter(models.TrialModel.study_id == study_id)
                 .filter(models.TrialModel.state.in_(BUDGET_STATES))
                 .scalar()
             )
+        return int(count or 0)
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[sqlalchemy.orm.Session]:
+        """A session for our own queries: committed, or rolled back on any error; closed."""
+        session = self.scoped_session()
+        try:
+            yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
-        return int(count or 0)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -301,8 +307,7 @@ class WorkerStorage(RDBStorage):
         # from the database's clock: compare each with the clock that wrote it.
         now = datetime.now()
         stale = []
-        session = self.scoped_session()
-        try:
+        with self._session() as session:
             db_now = session.execute(sqlalchemy.func.now()).scalar()
             assert db_now is not None
             db_now = db_now.replace(tzinfo=None)
@@ -321,12 +326,6 @@ class WorkerStorage(RDBStorage):
                     start = trial.datetime_start
                     if (datetime.now(start.tzinfo) if start.tzinfo else now) - start > grace:
                         stale.append(int(trial.trial_id))
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
         return stale
 
 
