@@ -35,11 +35,11 @@ class RetryDeadTrials(RetryHeartbeatStaleTrialCallback):
 
     def retry(self, study: optuna.Study, trial: FrozenTrial, *, stopped: bool) -> bool:
         """Queue the failed `trial` again; False if it was given up instead."""
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        stops = int(trial.system_attrs.get(STOPS_ATTR, 0)) + int(stopped)
-        if self._max_retry is not None and len(history) - stops > self._max_retry:
+        if self._max_retry is not None and crashes(trial) + (not stopped) > self._max_retry:
             self.given_up.append(trial)
             return False
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        stops = int(trial.system_attrs.get(STOPS_ATTR, 0)) + int(stopped)
         system_attrs = {
             **trial.system_attrs,
             "failed_trial": history[0],
@@ -69,13 +69,11 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Re-queue a trial failed by a stop: same params, user attrs (checkpoint pointer included)
     and reported epochs, retry history extended; stops never use up the retry allowance."""
     callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
-    if isinstance(callback, RetryDeadTrials):
-        return callback.retry(study, trial, stopped=True)
-    else:  # a storage not opened by open_storage: no heartbeat callback (or Optuna's own)
+    if not isinstance(callback, RetryDeadTrials):  # a storage not opened by open_storage
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             callback = RetryDeadTrials(MAX_RETRY)
-        return callback.retry(study, trial, stopped=True)
+    return callback.retry(study, trial, stopped=True)
 
 
 def given_up(study: optuna.Study) -> list[FrozenTrial]:

@@ -225,13 +225,12 @@ def run(
                 if not (failed_here and state == TrialState.FAIL):
                     return f"trial {current.number} was already {state.name}; nothing to re-queue"
             failed = storage.get_trial(current._trial_id)
-            requeued = storage_mod.retrying(
+            # A stop never uses up the retry allowance, so this always queues a retry.
+            storage_mod.retrying(
                 lambda: retries.requeue(study, failed),
                 what=f"re-queuing trial {current.number}",
                 note=message,
             )
-        if not requeued:  # stops never use up the retry allowance: only for a foreign storage
-            return f"trial {current.number} ({why}) was given up after too many retries"
         epoch = max(failed.intermediate_values, default=0)
         where = f"after epoch {epoch}" if epoch else "from the start"
         return f"trial {current.number} ({why}) was re-queued; its retry resumes {where}"
