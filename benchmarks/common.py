@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from mnist_hpo import data as data_mod
+from mnist_hpo.data import Data
 from mnist_hpo.families import cnn, deep_mlp, perceptron, simple_mlp
-from mnist_hpo.train import Data
 
 VALIDATION = 10_000  # the shipped specs' validation_size: 50,000 images train
 

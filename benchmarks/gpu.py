@@ -30,7 +30,8 @@ import torch
 from optuna.trial import TrialState
 
 from common import family_models, mnist
-from mnist_hpo.train import Data, TrainConfig, prepare, train
+from mnist_hpo.data import Data
+from mnist_hpo.train import TrainConfig, prepare, train
 from mnist_hpo.worker import resolve_device
 from time_to_accuracy import toml_value
 

@@ -143,3 +143,21 @@ def test_auto_precision_picks_bf16_only_where_it_was_measured_faster(
     assert pick_precision("bf16", tiny, 16, cpu) == "bf16"  # asked for explicitly
     with pytest.raises(ValueError, match="unknown precision"):
         pick_precision("half", mlp, 64, cpu)
+
+
+def test_on_batch_can_stop_training_mid_epoch(small: data.Data) -> None:
+    steps = 0
+
+    class Cut(Exception):
+        pass
+
+    def count() -> None:
+        nonlocal steps
+        steps += 1
+        if steps == 5:
+            raise Cut
+
+    seen: list[EpochEnd] = []
+    with pytest.raises(Cut):
+        train(_mlp(), CFG, small, seen.append, on_batch=count)
+    assert steps == 5 and seen == []  # 3,000 images / 64 = 47 steps per epoch: stopped in epoch 1

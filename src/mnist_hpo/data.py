@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from mnist_hpo.errors import HpoError
-from mnist_hpo.train import Data
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,22 @@ REPORT_PICKLE = "mnist.pkl.gz"
 
 Message = Callable[[str], None]
 Progress = Callable[[str, int, int | None], None]  # file name, bytes so far, total if known
+
+
+@dataclass(frozen=True)
+class Data:
+    """Normalised images (N, 1, 28, 28) float32 and labels (N,) int64, all on one device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
 
 
 @dataclass(frozen=True)

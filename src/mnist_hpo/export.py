@@ -33,12 +33,13 @@ from mnist_hpo import __version__
 from mnist_hpo import data as data_mod
 from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
+from mnist_hpo.data import Data
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.objective import versions
 from mnist_hpo.space import Hyper
 from mnist_hpo.spec import StudySpec
-from mnist_hpo.train import Data, EpochEnd, TrainConfig, accuracy, prepare, train
+from mnist_hpo.train import EpochEnd, TrainConfig, accuracy, prepare, train
 from mnist_hpo.worker import resolve_device
 
 FORMAT = "mnist-hpo-model"

@@ -18,13 +18,14 @@ from mnist_hpo import __version__, retries
 from mnist_hpo import checkpoints as ckpt
 from mnist_hpo import storage as storage_mod
 from mnist_hpo.checkpoints import Checkpoints
+from mnist_hpo.data import Data
 from mnist_hpo.errors import HpoError
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted, ignore
 from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.space import Hyper
 from mnist_hpo.spec import StudySpec
 from mnist_hpo.stopping import Stopper, StopRequested
-from mnist_hpo.train import Data, EpochEnd, accuracy, pick_precision, prepare, train
+from mnist_hpo.train import EpochEnd, accuracy, pick_precision, prepare, train
 
 T = TypeVar("T")
 

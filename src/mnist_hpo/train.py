@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_hpo.data import Data
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = (
     "cross_entropy",
@@ -56,22 +58,6 @@ class TrainConfig:
     loss: str  # one of LOSSES; mse* regress logits onto one-hot targets, as the report did
     schedule: str  # one of SCHEDULES; cosine decays lr to 0 over `epochs`
     seed: int  # seeds init, dropout and batch order
-
-
-@dataclass(frozen=True)
-class Data:
-    """Normalised images (N, 1, 28, 28) float32 and labels (N,) int64, all on one device."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    @property
-    def device(self) -> torch.device:
-        return self.train_x.device
 
 
 @dataclass
@@ -202,8 +188,14 @@ def train(
     on_epoch: Callable[[EpochEnd], None] | None = None,
     resume: dict[str, Any] | None = None,
     precision: str = "fp32",
+    on_batch: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train `model` (already on data.device) in place; see the module docstring."""
+    """Train `model` (already on data.device) in place; see the module docstring.
+
+    `on_batch` is called after every optimizer step; an exception raised there stops training
+    mid-epoch (a worker whose trial was taken over, or whose stop deadline passed). Calling a
+    cheap check costs ~0.2 us, against >= 0.1 ms per step here.
+    """
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
     if precision not in PRECISIONS:
@@ -258,6 +250,8 @@ def train(
             if sched is not None:
                 sched.step()
             total += loss.detach()
+            if on_batch is not None:
+                on_batch()
         # One host sync per epoch, not per batch: reading the loss each step stalls a GPU.
         mean_loss = float(total) / steps_per_epoch
         if not math.isfinite(mean_loss):
