@@ -134,20 +134,15 @@ n_warmup_steps = 0
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[str, str]:
     """(storage URL, study name) of a study run to the end by one worker on a SQLite file."""
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
     from mnist_hpo import worker
+    from mnist_hpo.resilience import storage as storage_mod
     from mnist_hpo.spec import load_spec
 
     folder = tmp_path_factory.mktemp("finished")
     url = f"sqlite:///{folder / 'studies.db'}"
     spec = load_spec(str(write_spec(folder, "finished", FINISHED_SPEC)))
     study_mod.create(storage_mod.open_storage(url), spec)
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        worker.run(url, "finished", worker.WorkOptions(threads=1, data_dir=mnist_dir, wait=False))
-    finally:
-        torch.set_num_threads(threads)  # worker.run sets it for the whole test process
+    options = worker.WorkOptions(data_dir=mnist_dir, wait=False, artifacts=str(folder / "art"))
+    worker.run(url, "finished", options)
     return url, "finished"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from mnist_hpo.algorithms import make_pruner
+from mnist_hpo.samplers import make_pruner
 
 
 def _study_with_finished(values: list[list[float]], pruner: optuna.pruners.BasePruner):

@@ -135,52 +135,58 @@ def test_families_lists_every_family_and_its_parameters() -> None:
         assert name in r.stdout
 
 
-def test_every_command_has_help() -> None:
-    for cmd in (
-        "create-study",
-        "work",
-        "status",
-        "best",
-        "list",
-        "delete-study",
-        "families",
-        "data",
-    ):
-        r = run_cli(cmd, "--help")
-        assert r.returncode == 0 and "Usage" in r.stdout
+def test_every_command_and_option_has_help() -> None:
+    import typer.main
+
+    from mnist_hpo.cli import app
+
+    group = typer.main.get_command(app)
+    names = sorted(group.commands)  # type: ignore[attr-defined]
+    assert {"create-study", "work", "status", "best", "predict", "dashboard"} <= set(names)
+    for name in names:
+        command = group.commands[name]  # type: ignore[attr-defined]
+        assert (command.help or "").strip(), f"{name} has no help text"
+        for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
+            text = getattr(param, "help", None)
+            assert text and text.strip(), f"{name}: {param.name} has no help text"
+    r = run_cli("work", "--help")
+    for flag in ("--heartbeat", "--grace", "--storage-wait", "--stop-wait", "MNIST_HPO_GRACE"):
+        assert flag in r.stdout, flag
 
 
 def test_bf16_is_refused_where_the_hardware_would_emulate_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mnist_hpo import worker
+    from mnist_hpo import device
     from mnist_hpo.errors import HpoError
 
-    monkeypatch.setattr(worker, "bf16_native", lambda device: False)
+    monkeypatch.setattr(device, "bf16_native", lambda device: False)
     with pytest.raises(HpoError, match="no native bfloat16.*use --precision auto or fp32"):
-        worker.check_precision("bf16", torch.device("cpu"))
-    worker.check_precision("auto", torch.device("cpu"))  # auto falls back to fp32 by itself
-    worker.check_precision("fp32", torch.device("cpu"))
+        device.check_precision("bf16", torch.device("cpu"))
+    device.check_precision("auto", torch.device("cpu"))  # auto falls back to fp32 by itself
+    device.check_precision("fp32", torch.device("cpu"))
 
 
 def test_delete_study_removes_the_checkpoints_its_trials_left(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
-    from mnist_hpo.artifacts import open_store
-    from mnist_hpo.checkpoints import Checkpoints
+    from mnist_hpo.checkpoints import Checkpoints, Pointer
+    from mnist_hpo.resilience import storage as storage_mod
 
     assert run_cli("create-study", "small", env=env).returncode == 0
     study, _ = study_mod.load(storage_mod.open_storage(env["MNIST_HPO_STORAGE"]), "small")
     trial = study.ask()  # running when the study is deleted, e.g. a worker that was killed
-    trial.set_user_attr("checkpoint", {"key": "ckpt-small-t0-ab"})
+    mine = Pointer("ckpt-small-t0-ab", trial.number)
+    trial.set_user_attr("checkpoint", mine.to_attr())
     folder = str(tmp_path / "artifacts")
-    checkpoints = Checkpoints(open_store(folder), folder)
-    checkpoints.save("ckpt-small-t0-ab", 1, {"epoch": 1})
-    checkpoints.save("ckpt-small-t0-ab", 2, {"epoch": 2})
-    checkpoints.save("ckpt-other-t0-cd", 1, {"epoch": 1})  # another study's: kept
+    checkpoints = Checkpoints.at(folder)
+    checkpoints.save(mine, 1, {"epoch": 1})
+    checkpoints.save(mine, 2, {"epoch": 2})
+    checkpoints.save(Pointer("ckpt-other-t0-cd", 0), 1, {"epoch": 1})  # another study's: kept
     r = run_cli("delete-study", "small", "--yes", "--artifacts", folder, env=env)
     assert r.returncode == 0, r.stderr
     assert f"removed 2 checkpoint file(s) of unfinished trials from {folder}" in r.stdout
-    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["ckpt-other-t0-cd-e1"]
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["ckpt-other-t0-cd-a0-e1"]

@@ -21,9 +21,13 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import run_cli, write_spec
-from mnist_hpo import retries
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
+from mnist_hpo.checkpoints import Pointer
+from mnist_hpo.resilience import retries
+from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.resilience.stop import Stop
+from mnist_hpo.resilience.trials import Swept, Trials
+from mnist_hpo.settings import Settings
 from mnist_hpo.spec import load_spec
 
 # One trial of 12 short epochs with fixed hyperparameters: long enough (12 epochs) that a test
@@ -205,7 +209,9 @@ def test_sigterm_or_ctrl_c_requeues_the_trial_and_exits(
     assert 2 <= saved < 12
     assert max(waiting.intermediate_values) == saved  # the retry resumes from there
     assert waiting.system_attrs["retry_history"] == [0]
-    assert f"{waiting.user_attrs['checkpoint']['key']}-e{saved}" in _checkpoint_files(tmp_path)
+    pointer = Pointer.of(waiting)  # the retry reads what trial 0 wrote
+    assert pointer is not None and pointer.attempt == 0
+    assert pointer.artifact_id(saved) in _checkpoint_files(tmp_path)
 
 
 def test_second_signal_exits_at_once(tmp_path: Path, mnist_dir: Path) -> None:
@@ -238,6 +244,44 @@ def test_stop_wait_bounds_the_wait_for_an_epoch(tmp_path: Path, mnist_dir: Path)
     assert "the epoch did not finish within 0 s; trial 0" in a.output, a.output
     states = [t.state for t in _trials(url)]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+@pytest.mark.postgres
+def test_a_paused_worker_whose_trial_was_taken_over_lets_it_go(
+    tmp_path: Path, mnist_dir: Path, pg_url: str
+) -> None:
+    # A VM pause, a closed laptop lid, a scheduler's suspend: the worker stops sending
+    # heartbeats past the grace period, another worker fails its trial as dead and resumes it.
+    # PostgreSQL: on SQLite a worker paused inside a transaction holds the file's write lock,
+    # so the others wait for it to wake up (docs/crash-safety.md).
+    url = pg_url
+    _create(url, tmp_path, ONE_TRIAL)
+    env = _env(tmp_path, url, mnist_dir)
+    a = Worker(env, "crash", "-v", "--threads", "1")
+    a.wait_for(r"trial 0 epoch 2/12")
+    a.proc.send_signal(signal.SIGSTOP)
+    paused = time.monotonic()
+    b = Worker(env, "crash", "-v", "--threads", "1")  # fails trial 0 as dead once its grace is up
+    resumed = b.wait_for(r"trial 1 started \(resumed after epoch \d+\)")
+    saved = int(re.findall(r"after epoch (\d+)", resumed)[0])
+    stalled = time.monotonic() - paused
+    a.proc.send_signal(signal.SIGCONT)
+    line = a.wait_for(r"trial 0 was taken over")
+    assert re.fullmatch(
+        r"trial 0 was taken over by another worker after this one stalled for \d+ s; moving on",
+        line,
+    ), line
+    assert int(re.findall(r"stalled for (\d+) s", line)[0]) >= min(5, int(stalled) - 1)
+    assert a.finish() == 0, a.output
+    assert b.finish() == 0, b.output
+    assert "Traceback" not in a.output + b.output
+    first, retry = _trials(url)
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_epoch"] == saved
+    # The woken worker wrote nothing more to its old trial: no epoch past what the retry took.
+    assert max(first.intermediate_values) == saved
+    assert not re.search(r"trial 0 epoch ([3-9]|1\d)/12", a.output.split(line)[1])
+    assert _checkpoint_files(tmp_path) == []
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -313,32 +357,41 @@ def test_bad_heartbeat_settings_are_usage_errors(tmp_path: Path) -> None:
         "MNIST_HPO_GRACE": "5",
     }
     r = subprocess.run(
-        [sys.executable, "-m", "mnist_hpo", "create-study", "perceptron"],
+        [sys.executable, "-m", "mnist_hpo", "work", "perceptron"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert r.returncode == 2
-    assert "MNIST_HPO_GRACE (5 s) must exceed MNIST_HPO_HEARTBEAT (10 s)" in r.stderr
+    assert "MNIST_HPO_GRACE (5 s) must exceed --heartbeat / MNIST_HPO_HEARTBEAT (10 s)" in r.stderr
 
 
-def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MNIST_HPO_HEARTBEAT", "1")
-    monkeypatch.setenv("MNIST_HPO_GRACE", "2")
+def _view(url: str, name: str = "crash", **settings: float) -> Trials:
+    """One worker's view of the study, with short heartbeat settings."""
+    storage = storage_mod.open_storage(url)
+    study, spec = study_mod.load(storage, name)
+    return Trials(
+        study,
+        storage,
+        Settings(**{"heartbeat": 1, "grace": 2, **settings}),  # type: ignore[arg-type]
+        budget=spec.budget(),
+        stop=Stop.unsignalled(),
+        note=print,
+    )
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
-    study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
-    study.ask()  # RUNNING, and no heartbeat ever: the worker "died" right after taking it
-    # Optuna's own stale check only sees trials with a heartbeat row: this one would leak.
-    plain = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+    trials = _view(url)
+    trials.study.ask()  # RUNNING, and no heartbeat ever: the worker "died" right after taking it
     time.sleep(2.5)
-    assert plain._get_stale_trial_ids(study._study_id) == []
-    storage_mod.fail_stale(study)
-    states = [t.state for t in study.get_trials()]
+    swept = trials.sweep_dead()
+    assert [t.number for t in swept.retried] == [0] and swept.given_up == []
+    states = [t.state for t in trials.study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert trials.sweep_dead() == Swept([], [])  # done once, not again
 
 
 def test_sqlite_storage_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
@@ -351,37 +404,27 @@ def test_sqlite_storage_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
 def _fail_latest(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """Take the queued (or a new) trial and fail it, as a dying or stopped worker leaves it."""
     trial = study.ask()
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    return study._storage.get_trial(trial._trial_id)
+    return study.tell(trial, state=TrialState.FAIL)
 
 
-def test_stops_never_use_up_the_retry_allowance_but_crashes_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MNIST_HPO_HEARTBEAT", "1")
-    monkeypatch.setenv("MNIST_HPO_GRACE", "5")
+def test_stops_never_use_up_the_retry_allowance_but_crashes_do(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
     study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
-    crash = study._storage.get_heartbeat_stale_trial_callback()  # what fail_stale calls
     first = study.ask()
-    first.set_user_attr("checkpoint", {"key": "k"})
+    first.set_user_attr("checkpoint", {"key": "k", "attempt": 0})
     first.report(0.5, 1)
-    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
-    failed = study._storage.get_trial(first._trial_id)
+    failed = study.tell(first, state=TrialState.FAIL)
     # A spot machine preempted again and again: every stop is re-queued (Optuna's own callback
     # gives up after max_retry of them, dropping the trial and its finished epochs).
     for _ in range(retries.MAX_RETRY + 2):
-        assert retries.requeue(study, failed)
+        assert retries.requeue(study, failed, stopped=True)
         failed = _fail_latest(study)
     # Then it kills its worker: crashes are retried MAX_RETRY times, then it is given up.
     for _ in range(retries.MAX_RETRY):
-        crash(study, failed)
+        assert retries.requeue(study, failed, stopped=False)
         failed = _fail_latest(study)
-    assert retries.given_up(study) == []
-    crash(study, failed)
-    assert [t.number for t in retries.given_up(study)] == [failed.number]
-    assert retries.given_up(study) == []  # reported once
+    assert not retries.requeue(study, failed, stopped=False)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * (2 * retries.MAX_RETRY + 3)
     last = trials[-1]
@@ -389,45 +432,41 @@ def test_stops_never_use_up_the_retry_allowance_but_crashes_do(
     assert last.system_attrs["retry_history"] == list(range(last.number))
     assert retries.crashes(last) == retries.MAX_RETRY
     # Each retry carried the parameters, the checkpoint pointer and the reported epoch.
-    assert last.params == trials[0].params and last.user_attrs["checkpoint"] == {"key": "k"}
+    assert last.params == trials[0].params and last.user_attrs["checkpoint"]["key"] == "k"
     assert last.intermediate_values == {1: 0.5}
 
 
 def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path
+    tmp_path: Path, mnist_dir: Path
 ) -> None:
     from mnist_hpo import worker
-    from mnist_hpo.artifacts import open_store
-    from mnist_hpo.checkpoints import Checkpoints
+    from mnist_hpo.checkpoints import Checkpoints, Pointer
 
-    monkeypatch.setenv("MNIST_HPO_HEARTBEAT", "1")
-    monkeypatch.setenv("MNIST_HPO_GRACE", "2")
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL.replace("epochs = 12", "epochs = 1"))
     study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
-    crash = study._storage.get_heartbeat_stale_trial_callback()
     first = study.ask()
-    first.set_user_attr("checkpoint", {"key": "ckpt-crash-t0-x"})
+    pointer = Pointer("ckpt-crash-t0-x", 0)
+    first.set_user_attr("checkpoint", pointer.to_attr())
     folder = str(tmp_path / "artifacts")
-    Checkpoints(open_store(folder), folder).save("ckpt-crash-t0-x", 1, {"epoch": 1})
-    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
-    failed = study._storage.get_trial(first._trial_id)
+    Checkpoints.at(folder).save(pointer, 1, {"epoch": 1})
+    failed = study.tell(first, state=TrialState.FAIL)
     for i in range(retries.MAX_RETRY):
-        crash(study, failed)
+        assert retries.requeue(study, failed, stopped=False)
         if i < retries.MAX_RETRY - 1:
             failed = _fail_latest(study)
     last = study.ask()  # the third retry: its worker dies too, before any heartbeat
-    assert _checkpoint_files(tmp_path) == ["ckpt-crash-t0-x-e1"]
+    assert _checkpoint_files(tmp_path) == ["ckpt-crash-t0-x-a0-e1"]
     time.sleep(2.5)  # longer than the grace: the next worker fails it as dead and gives it up
     notes: list[str] = []
-    options = worker.WorkOptions(
-        threads=1, data_dir=mnist_dir, artifacts=folder, wait=False, n_trials=1
+    options = worker.WorkOptions(data_dir=mnist_dir, artifacts=folder, wait=False, n_trials=1)
+    worker.run(
+        url,
+        "crash",
+        options,
+        Settings(heartbeat=1, grace=2),
+        listener=lambda e: notes.append(getattr(e, "text", "")),
     )
-    threads = torch.get_num_threads()
-    try:
-        worker.run(url, "crash", options, listener=lambda e: notes.append(getattr(e, "text", "")))
-    finally:
-        torch.set_num_threads(threads)  # worker.run sets it for the whole test process
     said = [n for n in notes if "given up" in n]
     assert said == [
         f"trial {last.number} was given up: its worker died {retries.MAX_RETRY + 1} times "
@@ -442,26 +481,22 @@ def test_the_worker_that_ends_a_study_removes_checkpoints_a_cleanup_missed(
     tmp_path: Path, mnist_dir: Path
 ) -> None:
     from mnist_hpo import worker
-    from mnist_hpo.artifacts import open_store
-    from mnist_hpo.checkpoints import Checkpoints
+    from mnist_hpo.checkpoints import Checkpoints, Pointer
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
     study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
     trial = study.ask()
-    trial.set_user_attr("checkpoint", {"key": "ckpt-crash-t0-y"})
+    pointer = Pointer("ckpt-crash-t0-y", 0)
+    trial.set_user_attr("checkpoint", pointer.to_attr())
     folder = str(tmp_path / "artifacts")
-    Checkpoints(open_store(folder), folder).save("ckpt-crash-t0-y", 1, {"epoch": 1})
+    Checkpoints.at(folder).save(pointer, 1, {"epoch": 1})
     study.tell(trial, 0.9)  # its worker was killed right after this, before its cleanup
     notes: list[str] = []
-    options = worker.WorkOptions(threads=1, data_dir=mnist_dir, artifacts=folder)
-    threads = torch.get_num_threads()
-    try:
-        summary = worker.run(
-            url, "crash", options, listener=lambda e: notes.append(getattr(e, "text", ""))
-        )
-    finally:
-        torch.set_num_threads(threads)
+    options = worker.WorkOptions(data_dir=mnist_dir, artifacts=folder)
+    summary = worker.run(
+        url, "crash", options, listener=lambda e: notes.append(getattr(e, "text", ""))
+    )
     assert summary.trials == 0 and "budget of 1 trials is spent" in summary.stop_reason
     assert "removed 1 checkpoint file(s) of interrupted trials" in notes, notes
     assert _checkpoint_files(tmp_path) == []
@@ -578,7 +613,7 @@ def test_a_trial_that_raises_is_recorded_and_skipped_and_three_in_a_row_stop_the
 
     monkeypatch.setattr(objective_mod, "train", first_one_fails)
     env = _env(tmp_path, url, mnist_dir)
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # `work` in this process sets the process's thread count
     try:
         r = CliRunner().invoke(app, ["work", "crash"], env=env)
         assert r.exit_code == 0, r.output

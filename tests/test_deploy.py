@@ -25,9 +25,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, write_spec
 from mnist_hpo import data
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
+from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.settings import Settings
 from mnist_hpo.spec import load_spec
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -97,7 +98,7 @@ def test_compose_services_and_their_settings() -> None:
     # Longer than an epoch and than the heartbeat's grace, so a stopping worker is not killed
     # mid-epoch and its trial is not failed by others while it still writes.
     grace = seconds(interpolate(worker["stop_grace_period"], {}))
-    assert grace > storage_mod.GRACE
+    assert grace > Settings().grace
     # Every image-based service shares the image's settings and the shared volumes.
     for name in ("create-study", "worker", "dashboard"):
         assert services[name]["image"] == "mnist-hpo:latest" and services[name]["init"] is True
@@ -298,7 +299,7 @@ def test_kubernetes_job_example() -> None:
     assert spec["parallelism"] >= 2 and "completions" not in spec
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "OnFailure"
-    assert pod["terminationGracePeriodSeconds"] > storage_mod.GRACE
+    assert pod["terminationGracePeriodSeconds"] > Settings().grace
     (init,) = pod["initContainers"]
     (worker,) = pod["containers"]
     assert init["args"][0] == "create-study" and worker["args"][0] == "work"

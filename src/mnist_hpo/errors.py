@@ -1,4 +1,4 @@
-"""The one user-facing error type: a sentence that says what went wrong and what to do."""
+"""The one user-facing error type, and the few exceptions that steer a worker's control flow."""
 
 
 class HpoError(Exception):
@@ -15,3 +15,50 @@ class UsageError(HpoError):
     """Bad input on the command line or in a study spec."""
 
     exit_code = 2
+
+
+class Interrupted(HpoError):
+    """The worker stopped on a signal; exit_code is 128 + the signal number (130, 143)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class ControlFlow(Exception):
+    """Raised from a worker's own hooks inside a trial to end it; never a fault of the trial.
+
+    The objective tells these (with Optuna's TrialPruned and HpoError) apart from errors the
+    trial itself raised, which are recorded on the trial.
+    """
+
+
+class StopRequested(ControlFlow):
+    """SIGTERM / Ctrl-C came during the trial: after this epoch's checkpoint, hand it back."""
+
+
+class EpochCut(ControlFlow):
+    """The stop deadline passed mid-epoch: hand the trial back from its last finished epoch."""
+
+
+class TakenOver(ControlFlow):
+    """Another worker failed this trial as dead (this one stalled past the grace period) and
+    re-queued it; this worker must not write to it again."""
+
+    def __init__(self, number: int, stalled: float) -> None:
+        super().__init__(
+            f"trial {number} was taken over by another worker after this one stalled for "
+            f"{stalled:.0f} s; moving on"
+        )
+        self.number = number
+
+
+class TrialFailed(ControlFlow):
+    """The trial itself raised an error (recorded as its `error` user attr); it is not retried:
+    the same parameters would fail again."""
+
+    def __init__(self, number: int, error: str) -> None:
+        super().__init__(f"trial {number} failed: {error}")
+        self.number = number
+        self.error = error

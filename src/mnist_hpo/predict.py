@@ -22,7 +22,8 @@ from torch.nn import functional as F
 
 from mnist_hpo import data as data_mod
 from mnist_hpo.errors import UsageError
-from mnist_hpo.export import LoadedModel
+from mnist_hpo.model_file import LoadedModel
+from mnist_hpo.train import EVAL_BATCH
 
 SIDE = 28
 BORDER = 2  # pixels of the frame judged for polarity: MNIST keeps them (almost) all black
@@ -93,7 +94,7 @@ def classify(
     # The same scaling as training: pixels in [0, 1], then the training split's mean and std.
     x = ((data_mod.pixels(images) - loaded.mean) / loaded.std).unsqueeze(1)
     with torch.inference_mode():
-        out = torch.cat([loaded.model(x[i : i + 5000]) for i in range(0, len(x), 5000)])
+        out = torch.cat([loaded.model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
     if loaded.outputs == "logits":
         probs = F.softmax(out, dim=1)
     else:

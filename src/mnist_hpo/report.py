@@ -18,9 +18,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import __version__
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError
+from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.spec import StudySpec
 
 TOP = 10  # trials in the table by default
@@ -38,7 +38,7 @@ def _plotly() -> Any:
 
 def write_report(storage_url: str, study_name: str, out: Path, *, top: int = TOP) -> Path:
     """Render the study's report to `out` (HTML)."""
-    study, spec = study_mod.load(storage_mod.open_storage(storage_url, must_exist=True), study_name)
+    study, spec = study_mod.load(open_storage(storage_url, must_exist=True), study_name)
     page = render(study, spec, top=top)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,9 +65,7 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
         reverse=True,
     )
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    counts = study_mod.count_states(trials)
 
     sections = [_summary(study, spec, trials, counts, complete)]
     sections.append(_top_table(complete[:top], len(complete)))
@@ -123,11 +121,7 @@ def _summary(
     complete: Sequence[FrozenTrial],
 ) -> str:
     data = study.user_attrs.get(study_mod.DATA_ATTR) or {}
-    seconds = sum(
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in trials
-        if t.datetime_complete and t.datetime_start
-    )
+    seconds = sum(study_mod.seconds(t) for t in trials)
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
     rows = [
         ("family", f"{spec.family} — {spec.family_def.summary}"),
@@ -175,11 +169,7 @@ def _top_table(top: Sequence[FrozenTrial], n_complete: int) -> str:
     for rank, t in enumerate(top, 1):
         a = t.user_attrs
         epoch_s = a.get("epoch_seconds") or []
-        wall = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start
-            else None
-        )
+        wall = study_mod.seconds(t) or None
         cells = [
             str(rank),
             str(t.number),

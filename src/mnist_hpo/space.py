@@ -144,6 +144,29 @@ class Hyper:
         return self.trial.suggest_categorical(name, tuple(choices))
 
 
+class Fixed:
+    """A trial that answers from recorded parameters: rebuilds a trial's model without Optuna
+    (export, predict). Asking for a parameter it does not hold is a ValueError."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = dict(params)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        return float(self._get(name))
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        return int(self._get(name))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._get(name)
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self.params[name]
+        except KeyError:
+            raise ValueError(f"the recorded parameters have no {name!r}") from None
+
+
 class _Probe:
     """A trial that answers without a sampler, to enumerate every parameter a family can ask for.
 
@@ -236,3 +259,33 @@ def _check_value(raw: object, param: Param) -> Value:
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def default_override(p: Param) -> Override:
+    """The search a parameter gets when a spec says nothing about it."""
+    if isinstance(p, ChoiceParam):
+        return Choices(p.choices)
+    return Range(p.low, p.high, p.log)
+
+
+def describe_override(o: Override) -> str:
+    match o:
+        case Pin(v):
+            return f"pinned to {v!r}"
+        case Choices(values):
+            return "one of " + ", ".join(repr(v) for v in values)
+        case Range(low, high, _):
+            return f"{low:g}..{high:g}"
+    return str(o)
+
+
+def admits(o: Override, value: Any) -> bool:
+    """Whether the search `o` can produce `value` (an enqueued value must be inside it)."""
+    match o:
+        case Pin(v):
+            return bool(v == value)
+        case Choices(values):
+            return value in values
+        case Range(low, high, _):
+            return bool(low <= value <= high)
+    return False

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,13 @@ from mnist_hpo.errors import UsageError
 from mnist_hpo.families import FAMILIES, Family
 from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.space import (
-    ChoiceParam,
-    Choices,
     Override,
     Param,
     Pin,
-    Range,
+    admits,
     check_override,
+    default_override,
+    describe_override,
     explore,
 )
 
@@ -38,6 +38,8 @@ DATASETS = {
 # Training images per dataset, before validation_size is held out (the sample keeps 1,000 of
 # its 5,000 digits as its test set).
 TRAIN_IMAGES = {"mnist": 60_000, "mnist-sample": 4_000}
+MAX_EPOCHS = 1000  # per trial: a sanity bound (the shipped specs train 3-15)
+MAX_TRIALS = 1_000_000  # per study: far above what Optuna's samplers handle (TPE slows past 10k)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class StudySpec:
     dataset: str = "mnist"  # a key of DATASETS
     validation_size: int = 10_000  # last N training images held out; the objective's data
     train_size: int = 0  # first N training images to train on; 0 = all not held out
-    description: str = ""  # one line shown by `list` and `status`
+    description: str = ""  # one line shown by `status` and the report
     sampler_options: dict[str, Any] = field(default_factory=dict)  # keyword args of the sampler
     pruner_options: dict[str, Any] = field(default_factory=dict)  # keyword args of the pruner
     params: dict[str, Any] = field(default_factory=dict)  # overrides: pin, choices or range
@@ -106,17 +108,28 @@ def _training(hp: Any) -> object:
 
 _KEYS = {f.name for f in fields(StudySpec)}
 _REQUIRED = ("family", "epochs", "n_trials")
+_DEFAULTS = {f.name: f.default for f in fields(StudySpec) if f.default is not MISSING}
 
 
-def resolve_path(ref: str) -> Path:
-    """NAME -> NAME.toml in MNIST_HPO_STUDIES, ./studies or the checkout; or a path as is."""
+def shipped_studies() -> Path:
+    """The studies/ folder of this checkout, which ships one spec per family and the report's."""
+    return Path(__file__).resolve().parents[2] / "studies"
+
+
+def search_path(extra: Sequence[Path] = ()) -> list[Path]:
+    """Where a spec NAME is looked for, in order: `extra` (the CLI's --studies /
+    MNIST_HPO_STUDIES), ./studies, then the shipped specs."""
+    return [*extra, Path("studies"), shipped_studies()]
+
+
+def resolve_path(ref: str, search: Sequence[Path] | None = None) -> Path:
+    """NAME -> NAME.toml in the first folder of `search` that has it; a path is taken as is."""
     as_path = Path(ref)
     if as_path.suffix == ".toml" or os.sep in ref:
         if not as_path.is_file():
             raise UsageError(f"spec file {ref} does not exist; give a path to a .toml file")
         return as_path
-    dirs = [Path(d) for d in os.environ.get("MNIST_HPO_STUDIES", "").split(os.pathsep) if d]
-    dirs += [Path("studies"), Path(__file__).resolve().parents[2] / "studies"]
+    dirs = search_path() if search is None else list(search)
     for d in dirs:
         candidate = d / f"{ref}.toml"
         if candidate.is_file():
@@ -128,9 +141,11 @@ def resolve_path(ref: str) -> Path:
     )
 
 
-def load_spec(ref: str, *, name: str | None = None) -> StudySpec:
+def load_spec(
+    ref: str, *, name: str | None = None, search: Sequence[Path] | None = None
+) -> StudySpec:
     """Read and validate a spec file; `name` overrides the study name (default: the file stem)."""
-    path = resolve_path(ref)
+    path = resolve_path(ref, search)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -145,174 +160,205 @@ def load_spec(ref: str, *, name: str | None = None) -> StudySpec:
 def parse(
     data: dict[str, Any], *, source: str, default_name: str, stored: bool = False
 ) -> StudySpec:
-    """Validate a spec dict; every problem is one sentence naming the source and the key."""
+    """Validate a spec dict; every problem is one sentence naming the source and the key.
 
-    def fail(msg: str) -> UsageError:
-        return UsageError(f"{source}: {msg}")
-
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise fail(f"unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(_KEYS))}")
-    for key in _REQUIRED:
-        if key not in data:
-            raise fail(f"missing required key {key!r}")
+    `stored`: a spec read back from a study. It was valid when its study was created, and
+    rules added since (such as the enqueue range check) must not lock users out of it.
+    """
+    check = _Checker(data, source)
+    check.keys()
     data.setdefault("name", default_name)
+    check.scalars()
+    check.algorithm_options()
+    family = FAMILIES[data["family"]]
+    declared = declared_params(family)
+    overrides = check.overrides(family, declared)
+    check.enqueue(family, declared, overrides, stored=stored)
+    check.split_size()
+    return StudySpec(**data)
 
-    def integer(key: str, low: int, high: int = 10**9) -> None:
-        v = data.get(key)
+
+class _Checker:
+    """The checks of `parse`, one method per part of a spec."""
+
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+
+    def fail(self, msg: str) -> UsageError:
+        return UsageError(f"{self.source}: {msg}")
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key, _DEFAULTS.get(key))
+
+    def keys(self) -> None:
+        unknown = sorted(set(self.data) - _KEYS)
+        if unknown:
+            allowed = ", ".join(sorted(_KEYS))
+            raise self.fail(f"unknown key {unknown[0]!r}; allowed keys are {allowed}")
+        for key in _REQUIRED:
+            if key not in self.data:
+                raise self.fail(f"missing required key {key!r}")
+
+    def scalars(self) -> None:
+        self._text("name")
+        name = self.data["name"]
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise self.fail(f"name {name!r} must be letters, digits, '-', '_' or '.'")
+        self._text("family", FAMILIES)
+        self._text("sampler", SAMPLERS)
+        self._text("pruner", PRUNERS)
+        self._text("dataset", DATASETS)
+        self._text("description")
+        self._integer("epochs", 1, MAX_EPOCHS)
+        self._integer("n_trials", 1, MAX_TRIALS)
+        self._integer("seed", 0, 2**31 - 1)  # Optuna's and torch's seeds are 32-bit
+        images = TRAIN_IMAGES[self.get("dataset")]
+        self._integer("validation_size", 1, images - 1)
+        self._integer("train_size", 0, images - 1)
+
+    def _integer(self, key: str, low: int, high: int) -> None:
+        v = self.data.get(key)
         if v is None:
             return
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-            raise fail(f"{key} must be an integer from {low} to {high}, got {v!r}")
+            raise self.fail(f"{key} must be an integer from {low} to {high}, got {v!r}")
 
-    def text(key: str, allowed: Mapping[str, object] | None = None) -> None:
-        v = data.get(key)
+    def _text(self, key: str, allowed: Mapping[str, object] | None = None) -> None:
+        v = self.data.get(key)
         if v is None:
             return
         if not isinstance(v, str):
-            raise fail(f"{key} must be a string, got {v!r}")
+            raise self.fail(f"{key} must be a string, got {v!r}")
         if allowed is not None and v not in allowed:
-            raise fail(f"{key} {v!r} is not known; use one of {', '.join(allowed)}")
+            raise self.fail(f"{key} {v!r} is not known; use one of {', '.join(allowed)}")
 
-    text("name")
-    if not data["name"] or not all(c.isalnum() or c in "-_." for c in data["name"]):
-        raise fail(f"name {data['name']!r} must be letters, digits, '-', '_' or '.'")
-    text("family", FAMILIES)
-    text("sampler", SAMPLERS)
-    text("pruner", PRUNERS)
-    text("dataset", DATASETS)
-    text("description")
-    integer("epochs", 1, 1000)
-    integer("n_trials", 1, 1_000_000)
-    integer("seed", 0, 2**31 - 1)
-    integer("validation_size", 1, 59_999)
-    integer("train_size", 0, 59_999)
+    def algorithm_options(self) -> None:
+        for key, algo in (
+            ("sampler_options", SAMPLERS[self.get("sampler")]),
+            ("pruner_options", PRUNERS[self.get("pruner")]),
+        ):
+            opts = self.data.get(key, {})
+            if not isinstance(opts, dict):
+                raise self.fail(f"[{key}] must be a table")
+            for opt, value in opts.items():
+                kind = algo.options.get(opt)
+                if kind is None:
+                    allowed = ", ".join(algo.options) or "none"
+                    raise self.fail(f"[{key}] {opt!r} is not an option here; allowed: {allowed}")
+                if not _is_option(value, kind):
+                    raise self.fail(
+                        f"[{key}] {opt} must be a non-negative {kind.__name__}, got {value!r}"
+                    )
 
-    for key, algo in (
-        ("sampler_options", SAMPLERS[data.get("sampler", "tpe")]),
-        ("pruner_options", PRUNERS[data.get("pruner", "median")]),
-    ):
-        opts = data.get(key, {})
-        if not isinstance(opts, dict):
-            raise fail(f"[{key}] must be a table")
-        for opt, value in opts.items():
-            kind = algo.options.get(opt)
-            if kind is None:
-                allowed = ", ".join(algo.options) or "none"
-                raise fail(f"[{key}] {opt!r} is not an option here; allowed: {allowed}")
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
-            if not ok or (kind is not bool and value < 0):
-                raise fail(f"[{key}] {opt} must be a non-negative {kind.__name__}, got {value!r}")
+    def overrides(self, family: Family, declared: dict[str, Param]) -> dict[str, Override]:
+        found: dict[str, Override] = {}
+        for key in ("params", "grid"):
+            for name, raw in self._table(key, family, declared).items():
+                if key == "grid" and name in found:
+                    raise self.fail(f"[grid] {name} is also in [params]; keep it in one of them")
+                if key == "grid" and not isinstance(raw, list):
+                    raise self.fail(f"[grid] {name} must be a list of values")
+                try:
+                    found[name] = check_override(name, raw, declared[name])
+                except ValueError as e:
+                    raise self.fail(f"[{key}] {name}: {e}") from None
+        self._grid(family, found)
+        return found
 
-    family = FAMILIES[data["family"]]
-    declared = declared_params(family)
-
-    def table(key: str) -> dict[str, Any]:
-        v = data.get(key, {})
+    def _table(self, key: str, family: Family, declared: dict[str, Param]) -> dict[str, Any]:
+        v = self.data.get(key, {})
         if not isinstance(v, dict):
-            raise fail(f"[{key}] must be a table of parameter = value")
+            raise self.fail(f"[{key}] must be a table of parameter = value")
         for name in v:
             if name not in declared:
-                raise fail(
-                    f"[{key}] {name!r} is not a parameter of {family.name}; "
-                    f"its parameters are {', '.join(sorted(declared))} (see `mnist-hpo families`)"
+                raise self.fail(
+                    f"[{key}] {name!r} is not a parameter of {family.name}; its parameters are "
+                    f"{', '.join(sorted(declared))} (see `mnist-hpo families`)"
                 )
         return v
 
-    overrides: dict[str, Override] = {}
-    for name, raw in table("params").items():
-        try:
-            overrides[name] = check_override(name, raw, declared[name])
-        except ValueError as e:
-            raise fail(f"[params] {name}: {e}") from None
-    grid = table("grid")
-    for name, raw in grid.items():
-        if name in overrides:
-            raise fail(f"[grid] {name} is also in [params]; keep it in one of them")
-        if not isinstance(raw, list):
-            raise fail(f"[grid] {name} must be a list of values")
-        try:
-            overrides[name] = check_override(name, raw, declared[name])
-        except ValueError as e:
-            raise fail(f"[grid] {name}: {e}") from None
-
-    sampler = data.get("sampler", "tpe")
-    if (sampler == "grid") != bool(grid):
-        raise fail(
-            'sampler = "grid" and a non-empty [grid] table go together; give both or neither'
-        )
-    if grid:
+    def _grid(self, family: Family, overrides: dict[str, Override]) -> None:
+        grid = self.data.get("grid", {})
+        if (self.get("sampler") == "grid") != bool(grid):
+            raise self.fail(
+                'sampler = "grid" and a non-empty [grid] table go together; give both or neither'
+            )
+        if not grid:
+            return
         open_params = sorted(
             n
             for n in explore([family.sample, _training], overrides)
             if not isinstance(overrides.get(n), Pin) and n not in grid
         )
         if open_params:
-            raise fail(
+            raise self.fail(
                 f'with sampler = "grid" every parameter needs a [grid] list or a [params] pin; '
                 f"missing: {', '.join(open_params)}"
             )
 
-    enqueue = data.get("enqueue", [])
-    if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
-        raise fail("enqueue must be an array of tables ([[enqueue]] blocks)")
-    if enqueue and grid:
-        raise fail("[[enqueue]] cannot be combined with a grid; the grid already lists its points")
-    for i, entry in enumerate(enqueue, 1):
-        for name, raw in entry.items():
-            if name not in declared:
-                raise fail(f"[[enqueue]] #{i}: {name!r} is not a parameter of {family.name}")
-            try:
-                value = check_override(name, raw, declared[name])
-            except ValueError as e:
-                raise fail(f"[[enqueue]] #{i} {name}: {e}") from None
-            if not isinstance(value, Pin):
-                raise fail(f"[[enqueue]] #{i} {name}: give a single value")
-            # Against the range the sampler will search: Optuna runs an enqueued value outside
-            # it with only a warning, but a retry of that trial (crash, SIGTERM) is rejected.
-            searched = overrides.get(name) or _default_range(declared[name])
-            if not stored and not _admits(searched, value.value):
-                raise fail(
-                    f"[[enqueue]] #{i} {name}: {raw!r} is outside the searched range "
-                    f"({_describe(searched)}); widen it in [params]"
-                )
-            entry[name] = value.value
+    def enqueue(
+        self,
+        family: Family,
+        declared: dict[str, Param],
+        overrides: dict[str, Override],
+        *,
+        stored: bool,
+    ) -> None:
+        enqueue = self.data.get("enqueue", [])
+        if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
+            raise self.fail("enqueue must be an array of tables ([[enqueue]] blocks)")
+        if enqueue and self.data.get("grid"):
+            raise self.fail(
+                "[[enqueue]] cannot be combined with a grid; the grid already lists its points"
+            )
+        for i, entry in enumerate(enqueue, 1):
+            for name, raw in entry.items():
+                entry[name] = self._enqueued(i, name, raw, family, declared, overrides, stored)
 
-    dataset = data.get("dataset", "mnist")
-    vs, ts = data.get("validation_size", 10_000), data.get("train_size", 0)
-    if vs + max(ts, 1) > TRAIN_IMAGES[dataset]:
-        raise fail(
-            f"validation_size {vs} + train_size {ts} leaves nothing to train on: {dataset} has "
-            f"{TRAIN_IMAGES[dataset]:,} training images"
-        )
-    return StudySpec(**data)
+    def _enqueued(
+        self,
+        i: int,
+        name: str,
+        raw: Any,
+        family: Family,
+        declared: dict[str, Param],
+        overrides: dict[str, Override],
+        stored: bool,
+    ) -> Any:
+        if name not in declared:
+            raise self.fail(f"[[enqueue]] #{i}: {name!r} is not a parameter of {family.name}")
+        try:
+            value = check_override(name, raw, declared[name])
+        except ValueError as e:
+            raise self.fail(f"[[enqueue]] #{i} {name}: {e}") from None
+        if not isinstance(value, Pin):
+            raise self.fail(f"[[enqueue]] #{i} {name}: give a single value")
+        # Against the range the sampler will search: Optuna runs an enqueued value outside it
+        # with only a warning, but a retry of that trial (crash, SIGTERM) is rejected.
+        searched = overrides.get(name) or default_override(declared[name])
+        if not stored and not admits(searched, value.value):
+            raise self.fail(
+                f"[[enqueue]] #{i} {name}: {raw!r} is outside the searched range "
+                f"({describe_override(searched)}); widen it in [params]"
+            )
+        return value.value
+
+    def split_size(self) -> None:
+        dataset, vs, ts = self.get("dataset"), self.get("validation_size"), self.get("train_size")
+        if vs + max(ts, 1) > TRAIN_IMAGES[dataset]:
+            raise self.fail(
+                f"validation_size {vs} + train_size {ts} leaves nothing to train on: {dataset} "
+                f"has {TRAIN_IMAGES[dataset]:,} training images"
+            )
 
 
-def _default_range(p: Param) -> Override:
-    if isinstance(p, ChoiceParam):
-        return Choices(p.choices)
-    return Range(p.low, p.high, p.log)
-
-
-def _describe(o: Override) -> str:
-    match o:
-        case Pin(v):
-            return f"pinned to {v!r}"
-        case Choices(values):
-            return "one of " + ", ".join(repr(v) for v in values)
-        case Range(low, high, _):
-            return f"{low:g}..{high:g}"
-    return str(o)
-
-
-def _admits(o: Override, value: Any) -> bool:
-    match o:
-        case Pin(v):
-            return bool(v == value)
-        case Choices(values):
-            return value in values
-        case Range(low, high, _):
-            return bool(low <= value <= high)
-    return False
+def _is_option(value: Any, kind: type) -> bool:
+    """A TOML value fit for a sampler or pruner option of type `kind` (int, float or bool)."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if kind is int and not isinstance(value, int):
+        return False
+    return bool(value >= 0)

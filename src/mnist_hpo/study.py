@@ -1,18 +1,23 @@
-"""Creating, loading and deleting studies that carry a spec, and where a study stands."""
+"""Studies that carry a spec: create, load, delete; where one stands; its best trial."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
+import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import __version__
-from mnist_hpo.algorithms import make_pruner, make_sampler
+from mnist_hpo.data import RawData
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.resilience.retries import MAX_RETRY, not_retried
+from mnist_hpo.resilience.trials import BUDGET_STATES
+from mnist_hpo.samplers import make_pruner, make_sampler
 from mnist_hpo.spec import StudySpec
-from mnist_hpo.storage import BUDGET_STATES
 
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
 DATA_ATTR = "data"  # study user attr: fingerprint and source of the data the first worker used
@@ -83,6 +88,20 @@ def delete(storage: RDBStorage, name: str) -> list[FrozenTrial]:
     return trials
 
 
+def check_data(study: optuna.Study, raw: RawData, *, record: bool = True) -> None:
+    """Record the data's fingerprint with the study, or insist this data is the same."""
+    mine = {"kind": raw.kind, "fingerprint": raw.fingerprint, "source": raw.source}
+    recorded = study.user_attrs.get(DATA_ATTR)
+    if recorded is None:
+        if record:
+            study.set_user_attr(DATA_ATTR, mine)
+    elif recorded["fingerprint"] != raw.fingerprint:
+        raise HpoError(
+            f"study {study.study_name!r} was run on other data ({recorded['source']}) than "
+            f"found here ({raw.source}); point MNIST_HPO_DATA at the same files"
+        )
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a study stands against its budget."""
@@ -95,19 +114,65 @@ class Progress:
         """Trials that use up budget: finished, running, or queued (failed ones are retried)."""
         return sum(self.counts.get(s.name, 0) for s in BUDGET_STATES)
 
-    @property
-    def open(self) -> int:
-        """Trials someone still has to finish: running elsewhere, or waiting to be picked up."""
-        return self.counts.get("RUNNING", 0) + self.counts.get("WAITING", 0)
-
 
 def progress(study: optuna.Study, spec: StudySpec) -> Progress:
+    return Progress(count_states(study.get_trials(deepcopy=False)), spec.budget())
+
+
+def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return Progress(counts, spec.budget())
+    return counts
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return max(complete, key=lambda t: t.value or 0.0, default=None)
+
+
+def given_up(study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
+    """Trials that failed and will not run again, each with the reason."""
+    return [
+        (t, str(t.user_attrs.get("error") or f"its worker died {MAX_RETRY + 1} times"))
+        for t in not_retried(study)
+    ]
+
+
+def seconds(trial: FrozenTrial) -> float:
+    """A trial's wall-clock time, start to finish (0 if it has not finished)."""
+    if trial.datetime_complete and trial.datetime_start:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return 0.0
+
+
+def best_record(study: optuna.Study, spec: StudySpec, t: FrozenTrial) -> dict[str, Any]:
+    """What `best --json` prints: the trial, its accuracies and everything to reproduce it."""
+    a = t.user_attrs
+    return {
+        "study": study.study_name,
+        "family": spec.family,
+        "trial": t.number,
+        "val_accuracy": t.value,
+        "validation_accuracy": t.value,  # the name before 0.2; kept for scripts that read it
+        "test_accuracy": a.get("test_accuracy"),
+        "params": t.params,
+        "epochs": len(t.intermediate_values),
+        "n_params": a.get("n_params"),
+        "seed": a.get("seed"),
+        "val_accuracy_per_epoch": a.get("val_accuracy_per_epoch"),
+        "epoch_seconds": a.get("epoch_seconds"),
+        "device": a.get("device"),
+        "precision": a.get("precision", "fp32"),
+        "versions": a.get("versions"),
+    }
+
+
+def versions() -> dict[str, str]:
+    """What a trial or a model file was made with."""
+    return {
+        "mnist_hpo": __version__,
+        "optuna": optuna.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

@@ -2,7 +2,8 @@
 
 Any number of workers, on any number of machines, can run the same study: all they share is the
 storage URL and the study name. The spec, the sampler and pruner settings and the data's
-fingerprint all come from the study itself.
+fingerprint all come from the study itself. `run` is a loop over named steps: look for dead
+workers' trials, take a trial (or learn the budget is spent), run it, say how it ended.
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-import sqlalchemy.exc
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo import artifacts, retries
 from mnist_hpo import data as data_mod
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.checkpoints import Checkpoints
-from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.device import check_precision, describe_precision, resolve_device
+from mnist_hpo.errors import EpochCut, HpoError, StopRequested, TakenOver, TrialFailed
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
-from mnist_hpo.objective import Objective, TakenOver, TrialFailed
-from mnist_hpo.stopping import Stopper, StopRequested
-from mnist_hpo.train import PRECISIONS, auto_may_use_bf16, bf16_native
+from mnist_hpo.objective import Objective
+from mnist_hpo.resilience.retries import crashes
+from mnist_hpo.resilience.retry import retrying
+from mnist_hpo.resilience.stop import Stop
+from mnist_hpo.resilience.storage import open_storage
+from mnist_hpo.resilience.trials import Lease, Trials
+from mnist_hpo.settings import Settings, default_artifacts
+from mnist_hpo.spec import StudySpec
 
 POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
 # Trials that raise an error (out of memory for a large configuration) are skipped; this many
@@ -36,13 +39,16 @@ FAILED_IN_A_ROW = 3
 
 @dataclass(frozen=True)
 class WorkOptions:
+    """How one worker runs; each field is the `work` option of the same name (pool.py)."""
+
     n_trials: int | None = None  # this worker's own limit; None = until the study's budget
     timeout: float | None = None  # seconds; no new trial starts after this
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     precision: str = "auto"  # auto, fp32, bf16 (see train.pick_precision)
-    threads: int | None = None  # torch CPU threads for this process; None = torch's default
-    data_dir: Path | None = None  # explicit MNIST location (else cache, then download)
-    download: bool = True  # allow downloading MNIST into the cache
+    threads: int | None = None  # torch CPU threads per worker process (set by the CLI)
+    data_dir: Path | None = None  # explicit data location (else cache, then download)
+    cache: Path | None = None  # where downloaded data is kept; None = settings.cache_home()
+    download: bool = True  # allow downloading the data into the cache
     wait: bool = True  # when the budget is spent, wait for trials still running elsewhere
     artifacts: str | None = None  # checkpoint location (folder or s3://BUCKET); None = default
 
@@ -57,325 +63,245 @@ class WorkSummary:
     def trials(self) -> int:
         return sum(self.states.values())
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HpoError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise HpoError(
-                f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; pick cuda:0.."
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise HpoError(f"--device {name}: Apple MPS is not available here; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
+    def count(self, state: str) -> None:
+        self.states[state] = self.states.get(state, 0) + 1
 
 
-def check_precision(name: str, device: torch.device) -> None:
-    """Refuse a precision this device cannot use well, before any trial starts."""
-    if name not in ("auto", *PRECISIONS):
-        raise UsageError(f"--precision {name!r} is not a precision; use auto, fp32 or bf16")
-    if name == "bf16" and not bf16_native(device):
-        raise HpoError(
-            f"--precision bf16: {device} has no native bfloat16 (a CPU needs AVX-512 BF16 or "
-            "AMX, a GPU compute capability 8.0+), so it would train slower than fp32; use "
-            "--precision auto or fp32"
-        )
+@dataclass
+class Session:
+    """Everything the loop needs, set up once."""
 
+    study: optuna.Study
+    spec: StudySpec
+    trials: Trials
+    objective: Objective
+    options: WorkOptions
+    stop: Stop
+    listener: Listener
+    waiting_noted: bool = False  # "budget spent, waiting for N trials" was said
 
-def describe_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    if auto_may_use_bf16(device):
-        return "auto (this CPU does bfloat16 natively: bf16 for CNNs and larger MLP steps)"
-    return "auto (fp32 on this device)"
-
-
-def check_data(study: optuna.Study, raw: data_mod.RawData) -> None:
-    """Record the data's fingerprint with the study, or insist this worker has the same data."""
-    mine = {"kind": raw.kind, "fingerprint": raw.fingerprint, "source": raw.source}
-    recorded = study.user_attrs.get(study_mod.DATA_ATTR)
-    if recorded is None:
-        study.set_user_attr(study_mod.DATA_ATTR, mine)
-    elif recorded["fingerprint"] != raw.fingerprint:
-        raise HpoError(
-            f"study {study.study_name!r} was run on other data ({recorded['source']}) than this "
-            f"worker found ({raw.source}); point MNIST_HPO_DATA at the same files"
-        )
+    def note(self, text: str) -> None:
+        self.listener(Note(text))
 
 
 def run(
     storage_url: str,
     study_name: str,
     options: WorkOptions = WorkOptions(),
+    settings: Settings = Settings(),
     *,
     listener: Listener = ignore,
+    stop: Stop | None = None,
     download_progress: data_mod.Progress | None = None,
-    stopper: Stopper | None = None,
 ) -> WorkSummary:
     """Run trials until the study's budget is spent (or this worker's own limit is hit).
 
-    With a `stopper` (signal handling, installed by the caller), SIGTERM or Ctrl-C ends the
-    current trial after its epoch, re-queues it, and raises stopping.Interrupted.
+    With a `stop` whose signal handlers are installed (resilience.stop.install), SIGTERM or
+    Ctrl-C hands the current trial back after its epoch and raises errors.Interrupted.
     """
-    started = time.monotonic()
+    session = open_session(
+        storage_url,
+        study_name,
+        options,
+        settings,
+        listener=listener,
+        stop=stop or Stop.unsignalled(),
+        download_progress=download_progress,
+    )
+    return loop(session)
+
+
+def prepare(
+    storage_url: str,
+    study_name: str,
+    options: WorkOptions,
+    settings: Settings,
+    *,
+    download_progress: data_mod.Progress | None = None,
+) -> None:
+    """What `--jobs N` checks once before starting N workers: the study, the device and the
+    data (downloaded here once, not by N workers at the same time)."""
+    storage = open_storage(storage_url, must_exist=True, wait=settings.storage_wait)
+    _, spec = study_mod.load(storage, study_name)
+    storage.engine.dispose()  # hold no database connection while the workers run
+    check_precision(options.precision, resolve_device(options.device))
+    data_mod.load(
+        spec.dataset,
+        options.data_dir,
+        cache_dir=options.cache,
+        download=options.download,
+        progress=download_progress,
+    )
+
+
+def open_session(
+    storage_url: str,
+    study_name: str,
+    options: WorkOptions,
+    settings: Settings,
+    *,
+    listener: Listener,
+    stop: Stop,
+    download_progress: data_mod.Progress | None = None,
+) -> Session:
     device = resolve_device(options.device)
     check_precision(options.precision, device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
 
-    def message(text: str) -> None:
+    def note(text: str) -> None:
         listener(Note(text))
 
-    wait = storage_mod.storage_wait_seconds()
-    storage = storage_mod.open_storage(storage_url, must_exist=True, wait=wait)
-    storage.note = message
-    study, spec = storage_mod.retrying(
-        lambda: study_mod.load(storage, study_name), what="loading the study", note=message
-    )
+    def storage_step(what: str, action):  # type: ignore[no-untyped-def]
+        return retrying(action, what=what, wait=settings.storage_wait, note=note)
+
+    storage = open_storage(storage_url, must_exist=True, wait=settings.storage_wait)
+    study, spec = storage_step("loading the study", lambda: study_mod.load(storage, study_name))
     raw = data_mod.load(
         spec.dataset,
         options.data_dir,
+        cache_dir=options.cache,
         download=options.download,
-        message=message,
+        message=note,
         progress=download_progress,
     )
-    # Exact budget: one worker at a time takes a new trial or re-queues a failed one.
-    storage.budget, storage.stale_check = spec.budget(), False
-    storage_mod.retrying(lambda: check_data(study, raw), what="checking the data", note=message)
-    listener(Note(f"data: {raw.source}"))
+    storage_step("checking the data", lambda: study_mod.check_data(study, raw))
+    note(f"data: {raw.source}")
     split = data_mod.split(
         raw, validation_size=spec.validation_size, train_size=spec.train_size, device=device
     )
-    listener(
-        Note(
-            f"study {spec.name}: {spec.family}, {spec.epochs} epochs/trial, budget "
-            f"{spec.budget()} trials; {len(split.train_x):,} train / {len(split.val_x):,} "
-            f"validation / {len(split.test_x):,} test images on {device}"
-        )
+    note(
+        f"study {spec.name}: {spec.family}, {spec.epochs} epochs/trial, budget "
+        f"{spec.budget()} trials; {len(split.train_x):,} train / {len(split.val_x):,} "
+        f"validation / {len(split.test_x):,} test images on {device}"
     )
-    listener(Note(f"precision: {describe_precision(options.precision, device)}"))
-    location = options.artifacts or str(artifacts.default_location())
-    checkpoints = Checkpoints(artifacts.open_store(location), location)
-    objective = Objective(
-        spec,
-        split,
-        listener=listener,
-        checkpoints=checkpoints,
-        stopper=stopper,
-        precision=options.precision,
-    )
-    summary = WorkSummary()
+    note(f"precision: {describe_precision(options.precision, device)}")
+    trials = Trials(study, storage, settings, budget=spec.budget(), stop=stop, note=note)
+    checkpoints = Checkpoints.at(options.artifacts or default_artifacts())
+    objective = Objective(spec, split, checkpoints, listener, options.precision)
+    return Session(study, spec, trials, objective, options, stop, listener)
 
-    def finished(study: optuna.Study, t: FrozenTrial) -> None:
-        summary.states[t.state.name] = summary.states.get(t.state.name, 0) + 1
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            objective.cleanup(t)
-        best = study_mod.best_trial(study)
-        steps = sorted(t.intermediate_values)
-        seconds = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start
-            else 0.0
-        )
-        listener(
-            TrialFinished(
-                number=t.number,
-                state=t.state.name,
-                val_accuracy=t.value
-                if t.value is not None
-                else (t.intermediate_values[steps[-1]] if steps else None),
-                test_accuracy=t.user_attrs.get("test_accuracy")
-                if t.state == TrialState.COMPLETE
-                else None,
-                epochs=len(steps),
-                seconds=seconds,
-                best_val=best.value if best else None,
-            )
-        )
 
-    def requeue_current(why: str, *, failed_here: bool = False) -> str:
-        """Fail the trial this worker was running (if still RUNNING) and re-queue it.
-
-        `failed_here`: Optuna already marked it FAIL because our objective raised StopRequested.
-        """
-        current = objective.current
-        if current is None:
-            return "no trial was running"
-        with storage_mod.taking_a_trial(study):  # no worker counts the study between the two
-            try:
-                storage_mod.retrying(
-                    lambda: storage.set_trial_state_values(current._trial_id, TrialState.FAIL),
-                    what=f"re-queuing trial {current.number}",
-                    note=message,
-                )
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # Finished here, or failed as dead and re-queued by another worker: not ours.
-                state = storage.get_trial(current._trial_id).state
-                if not (failed_here and state == TrialState.FAIL):
-                    return f"trial {current.number} was already {state.name}; nothing to re-queue"
-            failed = storage.get_trial(current._trial_id)
-            # A stop never uses up the retry allowance, so this always queues a retry.
-            storage_mod.retrying(
-                lambda: retries.requeue(study, failed),
-                what=f"re-queuing trial {current.number}",
-                note=message,
-            )
-        epoch = max(failed.intermediate_values, default=0)
-        where = f"after epoch {epoch}" if epoch else "from the start"
-        return f"trial {current.number} ({why}) was re-queued; its retry resumes {where}"
-
-    if stopper is not None:
-        stopper.on_deadline = lambda: requeue_current("its epoch was cut short")
-
-    waiting_noted = False
-    failed_in_a_row = 0
-    outage_started: float | None = None
-    delay = 0.5
-    while True:
-        if stopper is not None and stopper.requested:
-            stopper.take()
-            raise stopper.interrupted("between trials; nothing to re-queue")
-        if options.n_trials is not None and summary.trials >= options.n_trials:
-            summary.stop_reason = f"ran the {options.n_trials} trial(s) asked of this worker"
+def loop(s: Session) -> WorkSummary:
+    summary, started, streak = WorkSummary(), time.monotonic(), 0
+    while not (reason := _limit_reached(s.options, summary, started)):
+        _sweep_dead(s)
+        with s.stop.holding_a_trial():
+            lease = s.trials.take()
+            if lease is not None:
+                streak = _run_one(s, lease, summary, streak)
+        if s.stop.requested:
+            what = "the running trial finished first" if lease else "between trials"
+            raise s.stop.interrupted(f"{what}; nothing to re-queue")
+        if lease is None and not _others_running(s):
+            reason = f"the study's budget of {s.trials.budget} trials is spent"
+            _sweep_leftovers(s)
             break
-        if options.timeout is not None and time.monotonic() - started >= options.timeout:
-            summary.stop_reason = f"timeout of {options.timeout:g} s reached"
-            break
-        objective.current = None
-        try:
-            storage_mod.fail_stale(study)
-            for dead in retries.given_up(study):
-                objective.cleanup(dead)
-                listener(
-                    Note(
-                        f"trial {dead.number} was given up: its worker died "
-                        f"{retries.crashes(dead) + 1} times (out of memory?); its "
-                        "checkpoints are removed"
-                    )
-                )
-            p = study_mod.progress(study, spec)
-            if not p.counts.get("WAITING") and p.spent >= p.budget:
-                running = p.counts.get("RUNNING", 0)
-                if running and options.wait:
-                    if not waiting_noted:
-                        listener(
-                            Note(
-                                f"budget of {p.budget} trials is spent; waiting for {running} "
-                                "trial(s) running on other workers (a dead worker's trial is "
-                                "retried here)"
-                            )
-                        )
-                        waiting_noted = True
-                    time.sleep(POLL)
-                    continue
-                summary.stop_reason = f"the study's budget of {p.budget} trials is spent"
-                if not running:
-                    # Every trial is over: remove any checkpoint a finished trial's cleanup
-                    # missed (its worker killed between the result and the cleanup; a worker
-                    # judged dead that saved one more epoch). soak.py saw 2 such files in 4
-                    # runs of 96 trials with 8 SIGKILLs.
-                    leftover = checkpoints.remove_trials(
-                        study.get_trials(deepcopy=False), spec.epochs
-                    )
-                    if leftover:
-                        message(f"removed {leftover} checkpoint file(s) of interrupted trials")
-                break
-            if stopper is not None:
-                stopper.in_trial = True
-            try:
-                study.optimize(objective, n_trials=1, callbacks=[finished])
-            finally:
-                if stopper is not None:
-                    stopper.in_trial = False
-            outage_started, delay, failed_in_a_row = None, 0.5, 0
-        except storage_mod.BudgetSpent:
-            continue  # another worker took the last trial: wait for it or stop, as above
-        except UnboundLocalError as e:
-            # Optuna 5.0's _run_trial, when the storage is still gone as it records a failed
-            # trial, re-reads the trial, fails again and then trips over its own unset
-            # `updated_state`. The error it was handling (our bounded storage wait running out)
-            # is the one to report; the trial is retried from its checkpoint once the
-            # database is back and its heartbeat has expired.
-            if isinstance(e.__context__, HpoError):
-                raise e.__context__ from None
-            raise
-        except TrialFailed as e:
-            # FAIL, not retried, and not counted against the budget: the sampler tries other
-            # parameters. A cause that fails every trial (a broken GPU, a bug) stops the worker
-            # after FAILED_IN_A_ROW instead of burning through trials.
-            failed_in_a_row += 1
-            summary.states["FAIL"] = summary.states.get("FAIL", 0) + 1
-            with contextlib.suppress(HpoError):
-                trial_id = storage.get_trial_id_from_study_id_trial_number(
-                    study._study_id, e.number
-                )
-                objective.cleanup(storage.get_trial(trial_id))  # retried, then HpoError
-            listener(Note(f"{e}; it is not retried (its parameters would fail again)"))
-            if failed_in_a_row >= FAILED_IN_A_ROW:
-                raise HpoError(
-                    f"{failed_in_a_row} trials in a row failed, the last with {e.error}; fix "
-                    "the cause, then start the worker again (failed trials do not use up the "
-                    "budget; `mnist-hpo status` lists them)"
-                ) from None
-        except StopRequested:
-            if stopper is None:
-                raise
-            stopper.take()
-            raise stopper.interrupted(
-                requeue_current("stopped mid-trial", failed_here=True)
-            ) from None
-        except (TakenOver, optuna.exceptions.UpdateFinishedTrialError):
-            # Our heartbeat was late (a stalled machine) and another worker failed the trial;
-            # its retry continues from the checkpoint on whichever worker takes it. Optuna's
-            # own tell raises UpdateFinishedTrialError when it finds the trial already FAIL.
-            number = objective.current.number if objective.current else "?"
-            listener(
-                Note(
-                    f"trial {number} was failed as dead by another worker (no heartbeat for "
-                    f"{storage_mod.grace_seconds()} s) and re-queued; moving on"
-                )
-            )
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            if not storage_mod.is_transient(e):
-                raise
-            now = time.monotonic()
-            if outage_started is None:
-                outage_started = now
-                listener(
-                    Note(
-                        f"storage unavailable ({storage_mod.describe(e)}); retrying for up to "
-                        f"{wait:g} s"
-                    )
-                )
-            elif now - outage_started >= wait:
-                raise HpoError(
-                    f"lost the storage for more than {wait:g} s ({storage_mod.describe(e)}); "
-                    "check the database server, then start the worker again "
-                    "(MNIST_HPO_STORAGE_WAIT sets the wait)"
-                ) from None
-            time.sleep(delay)
-            delay = min(10.0, delay * 2)
-            if objective.current is not None:
-                # The trial this worker ran could not be finished in storage; hand it on now
-                # instead of waiting for its heartbeat to expire.
-                with contextlib.suppress(HpoError):
-                    note = requeue_current("its result could not be stored")
-                    listener(Note(note))
-        finally:
-            objective.release()  # held from a stop request until the trial was re-queued
-        if stopper is not None and stopper.requested:
-            stopper.take()
-            raise stopper.interrupted("the running trial finished first; nothing to re-queue")
+    summary.stop_reason = reason
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _limit_reached(options: WorkOptions, summary: WorkSummary, started: float) -> str:
+    if options.n_trials is not None and summary.trials >= options.n_trials:
+        return f"ran the {options.n_trials} trial(s) asked of this worker"
+    if options.timeout is not None and time.monotonic() - started >= options.timeout:
+        return f"timeout of {options.timeout:g} s reached"
+    return ""
+
+
+def _sweep_dead(s: Session) -> None:
+    for dead in s.trials.sweep_dead().given_up:
+        s.objective.cleanup(dead)
+        s.note(
+            f"trial {dead.number} was given up: its worker died {crashes(dead) + 1} times "
+            "(out of memory?); its checkpoints are removed"
+        )
+
+
+def _run_one(s: Session, lease: Lease, summary: WorkSummary, streak: int) -> int:
+    """Run one taken trial to its end; returns the new count of failures in a row."""
+    with lease:
+        try:
+            if s.stop.requested:  # the signal came while the trial was being taken
+                raise StopRequested
+            done = lease.finish(s.objective.run(lease))
+        except optuna.TrialPruned:
+            done = lease.prune()
+        except StopRequested:
+            raise s.stop.interrupted(lease.hand_back("stopped mid-trial")) from None
+        except EpochCut:
+            handed = lease.hand_back("its epoch was cut short")
+            raise s.stop.interrupted(
+                f"the epoch did not finish within {s.stop.stop_wait:g} s; {handed}"
+            ) from None
+        except TakenOver as e:
+            s.note(str(e))
+            return streak
+        except TrialFailed as e:
+            return _failed(s, lease, e, summary, streak)
+    _finished(s, done, summary)
+    return 0
+
+
+def _failed(s: Session, lease: Lease, e: TrialFailed, summary: WorkSummary, streak: int) -> int:
+    """FAIL, not retried, and not counted against the budget: the sampler tries other
+    parameters. A cause that fails every trial (a broken GPU, a bug) stops the worker after
+    FAILED_IN_A_ROW instead of burning through trials."""
+    # TakenOver: failed as dead elsewhere meanwhile; its retry will fail the same way, on record.
+    with contextlib.suppress(TakenOver):
+        s.objective.cleanup(lease.fail(e.error))
+    summary.count("FAIL")
+    s.note(f"{e}; it is not retried (its parameters would fail again)")
+    if streak + 1 >= FAILED_IN_A_ROW:
+        raise HpoError(
+            f"{streak + 1} trials in a row failed, the last with {e.error}; fix the cause, then "
+            "start the worker again (failed trials do not use up the budget; `mnist-hpo status` "
+            "lists them)"
+        )
+    return streak + 1
+
+
+def _finished(s: Session, t: FrozenTrial, summary: WorkSummary) -> None:
+    summary.count(t.state.name)
+    s.objective.cleanup(t)
+    best = s.trials.retrying("reading the best trial", lambda: study_mod.best_trial(s.study))
+    steps = sorted(t.intermediate_values)
+    s.listener(
+        TrialFinished(
+            number=t.number,
+            state=t.state.name,
+            val_accuracy=t.value,  # a pruned trial's is its last reported epoch's
+            test_accuracy=t.user_attrs.get("test_accuracy")
+            if t.state == TrialState.COMPLETE
+            else None,
+            epochs=len(steps),
+            seconds=study_mod.seconds(t),
+            best_val=best.value if best else None,
+        )
+    )
+
+
+def _others_running(s: Session) -> bool:
+    """Budget spent: wait while trials still run elsewhere (a dead worker's is retried here)."""
+    running = s.trials.running_elsewhere()
+    if not running or not s.options.wait:
+        return False
+    if not s.waiting_noted:
+        s.note(
+            f"budget of {s.trials.budget} trials is spent; waiting for {running} trial(s) "
+            "running on other workers (a dead worker's trial is retried here)"
+        )
+        s.waiting_noted = True
+    time.sleep(POLL)
+    return True
+
+
+def _sweep_leftovers(s: Session) -> None:
+    """The worker that ends a study removes checkpoints a finished trial's cleanup missed (its
+    worker killed between the result and the cleanup): soak.py saw 2 such files in 4 runs of 96
+    trials with 8 SIGKILLs."""
+    if s.trials.running_elsewhere():
+        return
+    trials = s.trials.retrying("reading the study", lambda: s.study.get_trials(deepcopy=False))
+    leftover = s.objective.checkpoints.remove_trials(trials, s.spec.epochs)
+    if leftover:
+        s.note(f"removed {leftover} checkpoint file(s) of interrupted trials")

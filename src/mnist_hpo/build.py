@@ -1,0 +1,42 @@
+"""A trial's model and training settings from a spec, its parameters and a seed.
+
+The one place where parameters become a model: the objective calls it with the live Optuna
+trial, export-best and predict with `space.Fixed(recorded params)`, so an exported model is
+built by exactly the calls, in exactly the order, that the trial made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnist_hpo.hyperparams import sample_training
+from mnist_hpo.space import Hyper, TrialLike
+from mnist_hpo.spec import StudySpec
+from mnist_hpo.train import TrainConfig, prepare
+
+
+@dataclass(frozen=True)
+class Built:
+    arch: Any  # the family's Config
+    cfg: TrainConfig
+    model: nn.Module  # freshly initialised from the seed, on its device
+
+
+def trial_seed(spec: StudySpec, number: int, user_attrs: Mapping[str, Any]) -> int:
+    """The seed a trial trains with; a retry inherits its user attrs, seed included."""
+    return int(user_attrs.get("seed", spec.seed + number))
+
+
+def build_trial(spec: StudySpec, trial: TrialLike, seed: int, device: torch.device) -> Built:
+    """Ask `trial` for the family's and the training parameters, then build the model."""
+    hp = Hyper(trial, spec.overrides)
+    arch = spec.family_def.sample(hp)
+    cfg = sample_training(hp, epochs=spec.epochs, seed=seed)
+    torch.manual_seed(seed)  # initialisation (and dropout) follow the trial's seed
+    model = prepare(spec.family_def.build(arch), device)
+    return Built(arch, cfg, model)

@@ -1,0 +1,118 @@
+"""The model file `export-best` writes and `predict` reads: safetensors tensors + a JSON header.
+
+Raw tensors and a JSON header, no pickle, so loading a file from someone else cannot run code.
+The header's `mnist_hpo` entry holds the family, the trial's parameters and the study spec (the
+architecture is rebuilt from them by build.build_trial, the code the workers ran), the
+normalisation the model expects (mean and std of the study's training split) and the
+accuracies. This module imports neither Optuna nor SQLAlchemy: `predict` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from mnist_hpo.build import build_trial
+from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.space import Fixed
+from mnist_hpo.spec import StudySpec
+
+FORMAT = "mnist-hpo-model"
+FORMAT_VERSION = 1
+HEADER_KEY = "mnist_hpo"  # the safetensors metadata entry holding our JSON
+REASON_CHARS = 200  # of a loading error's text in the one-line message
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An exported model, rebuilt and ready for inference on CPU."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def mean(self) -> float:
+        return float(self.meta["normalisation"]["mean"])
+
+    @property
+    def std(self) -> float:
+        return float(self.meta["normalisation"]["std"])
+
+    @property
+    def outputs(self) -> str:
+        """'logits' (cross-entropy training) or 'scores' (MSE regression onto one-hot targets)."""
+        return str(self.meta["outputs"])
+
+
+def save(path: Path, model: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Write the model's state_dict as plain tensors and `meta` as JSON in the header."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={HEADER_KEY: json.dumps(dict(meta))})
+    except OSError as e:
+        raise HpoError(f"cannot write {path} ({e}); pick a writable --output path") from None
+
+
+def rebuild(spec: StudySpec, params: Mapping[str, Any], device: torch.device) -> nn.Module:
+    """A trial's architecture from its recorded parameters (untrained)."""
+    return build_trial(spec, Fixed(params), seed=0, device=device).model
+
+
+def load_model(path: Path) -> LoadedModel:
+    """Rebuild an exported model on CPU; anything that is not a valid export is a UsageError."""
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist; give the path export-best wrote")
+    meta, tensors = _read(path)
+    try:
+        spec = StudySpec.from_dict(meta["spec"], source=f"the spec stored in {path}")
+        model = rebuild(spec, meta["params"], torch.device("cpu"))
+        model.load_state_dict(tensors, strict=True)
+        for key in ("mean", "std"):
+            float(meta["normalisation"][key])
+        if meta["outputs"] not in ("logits", "scores"):
+            raise ValueError(f"unknown outputs {meta['outputs']!r}")
+    except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise _invalid(path, f"{type(e).__name__}: {reason[:REASON_CHARS]}") from None
+    model.eval()
+    return LoadedModel(model, meta)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get(HEADER_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as e:
+        raise _invalid(path, f"not a safetensors file: {str(e).splitlines()[0]}") from None
+    if header is None:
+        raise _invalid(path, "a safetensors file without mnist-hpo metadata")
+    try:
+        meta = json.loads(header)
+    except json.JSONDecodeError:
+        raise _invalid(path, "its metadata is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _invalid(path, "its metadata does not say format mnist-hpo-model")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise _invalid(
+            path,
+            f"format version {meta.get('format_version')!r}; this mnist-hpo reads version "
+            f"{FORMAT_VERSION}",
+        )
+    return meta, tensors
+
+
+def _invalid(path: Path, why: str) -> UsageError:
+    return UsageError(
+        f"{path} is not a valid mnist-hpo model export ({why}); make one with "
+        "`mnist-hpo export-best STUDY`"
+    )
