@@ -18,6 +18,7 @@ import torch
 
 from conftest import IN_CI
 from mnist_hpo import data
+from mnist_hpo.datasets import MNIST
 from mnist_hpo.errors import HpoError
 
 
@@ -34,14 +35,14 @@ def test_raw_and_gz_and_torchvision_layout_share_one_fingerprint(
 ) -> None:
     layout = tmp_path / "MNIST" / "raw"
     layout.mkdir(parents=True)
-    for f in data.FILES:
+    for f in MNIST.files:
         (layout / f.name).write_bytes(gzip.decompress((mnist_dir / f"{f.name}.gz").read_bytes()))
     assert data.load_dir(tmp_path).fingerprint == raw_mnist.fingerprint
 
 
 def _copy(mnist_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for f in data.FILES:
+    for f in MNIST.files:
         shutil.copy(mnist_dir / f"{f.name}.gz", dest)
         os.chmod(dest / f"{f.name}.gz", 0o644)
     return dest
@@ -142,7 +143,7 @@ def test_download_verifies_retries_and_caches(mnist_dir: Path, tmp_path: Path, s
         backoff=0,
     )
     assert raw.train_images.shape == (60000, 28, 28) and "cache" in raw.source
-    assert {n for n, _, _ in seen} == {f.name for f in data.FILES}
+    assert {n for n, _, _ in seen} == {f.name for f in MNIST.files}
     assert seen[-1][1] == seen[-1][2]  # the bar reaches its total
     # Second time: straight from the cache, no server needed.
     assert (
