@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import http.server
 import importlib.util
 import io
 import os
 import pickle
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,39 +94,6 @@ def test_split_is_fixed_and_normalised(raw_mnist: data.RawData) -> None:
     assert abs(float(d.train_x.mean())) < 1e-3 and abs(float(d.train_x.std()) - 1) < 1e-3
     small = data.split(raw_mnist, validation_size=1000, train_size=2000)
     assert len(small.train_x) == 2000 and torch.equal(small.val_y, raw_mnist.train_labels[59_000:])
-
-
-class _Mirror(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def serve() -> Iterator:  # type: ignore[type-arg]
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(folder: Path, fail_first: int = 0) -> str:
-        failures = {"left": fail_first}
-
-        class Handler(_Mirror):
-            def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
-                super().__init__(*a, directory=str(folder), **k)
-
-            def do_GET(self) -> None:
-                if failures["left"] > 0:
-                    failures["left"] -= 1
-                    self.send_error(503, "try later")
-                    return
-                super().do_GET()
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for s in servers:
-        s.shutdown()
 
 
 def test_download_verifies_retries_and_caches(mnist_dir: Path, tmp_path: Path, serve) -> None:  # type: ignore[no-untyped-def]
