@@ -46,7 +46,7 @@ def test_spec_accepts_the_new_datasets_with_their_sizes(name: str, tmp_path: Pat
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:
-    with pytest.raises(HpoError, match="use one of mnist, mnist-sample, fashion-mnist, kmnist"):
+    with pytest.raises(UsageError, match="use one of mnist, mnist-sample, fashion-mnist, kmnist"):
         data.load("cifar")
 
 
@@ -149,8 +149,8 @@ def test_a_file_of_another_dataset_is_refused_naming_both(
     _, b = tiny("tiny-b", 2)
     folder = _write(tmp_path / "d", {**a, NAMES[1]: b[NAMES[1]]}, how, suffix)
     expected = (
-        f"{NAMES[1]}{suffix} is Tiny-B's {NAMES[1]}, but the study's dataset is tiny-a "
-        r"\(Tiny-A\); point MNIST_HPO_DATA at the Tiny-A files"
+        f"{NAMES[1]}{suffix} is Tiny-B's {NAMES[1]}, but Tiny-A \\(dataset tiny-a\\) was "
+        "expected; point MNIST_HPO_DATA at the Tiny-A files"
     )
     with pytest.raises(HpoError, match=expected):
         data.load_dir(folder, "tiny-a")
@@ -247,12 +247,16 @@ def test_fashion_mnist_loads_from_debians_files(raw_fashion: data.RawData) -> No
 
 @pytest.mark.parametrize("study_dataset", ["mnist", "kmnist"])
 def test_fashion_files_are_refused_for_another_study(fashion_dir: Path, study_dataset: str) -> None:
-    with pytest.raises(HpoError, match=f"is Fashion-MNIST's .*dataset is {study_dataset} "):
+    with pytest.raises(
+        HpoError, match=f"is Fashion-MNIST's .*\\(dataset {study_dataset}\\) was expected"
+    ):
         data.load_dir(fashion_dir, study_dataset)
 
 
 def test_mnist_files_are_refused_for_a_fashion_study(mnist_dir: Path) -> None:
-    with pytest.raises(HpoError, match="is MNIST's .*dataset is fashion-mnist \\(Fashion-MNIST\\)"):
+    with pytest.raises(
+        HpoError, match="is MNIST's .*but Fashion-MNIST \\(dataset fashion-mnist\\) was"
+    ):
         data.load_dir(mnist_dir, "fashion-mnist")
 
 

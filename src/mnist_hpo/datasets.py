@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_hpo.errors import HpoError
+from mnist_hpo.errors import HpoError, UsageError
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ TRAIN_IMAGES = {**{d.name: d.train_images for d in IDX_DATASETS.values()}, SAMPL
 def idx_dataset(name: str) -> IdxDataset:
     found = IDX_DATASETS.get(name)
     if found is None:
-        raise HpoError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
     return found
 
 
@@ -187,8 +187,8 @@ def _not_official(
         )
     if known:
         return HpoError(
-            f"{path} is {known[0].title}'s {known[1].name}, but the study's dataset is "
-            f"{ds.name} ({ds.title}); point MNIST_HPO_DATA at the {ds.title} files"
+            f"{path} is {known[0].title}'s {known[1].name}, but {ds.title} (dataset {ds.name}) "
+            f"was expected; point MNIST_HPO_DATA at the {ds.title} files"
         )
     if f.raw_md5 is None:
         copy = "a re-compressed copy or a corrupt file" if packed else "a decompressed copy"
