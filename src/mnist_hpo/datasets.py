@@ -117,8 +117,8 @@ KMNIST = IdxDataset(
             ("7320c461ea6c1c855c0b718fb2a4b134", None),
         )
     ),
-    # The rois-codh/kmnist README's links (the February 2019 fixed release) and torchvision's
-    # KMNIST.mirrors; HTTP only there, the md5 check vouches for the bytes.
+    # The rois-codh/kmnist README's links and torchvision's KMNIST.mirrors; HTTP only there,
+    # the md5 check vouches for the bytes.
     ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
 )
 
@@ -208,4 +208,4 @@ def _gunzip(path: Path, stored: bytes) -> bytes:
     try:
         return gzip.decompress(stored)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise HpoError(f"{path} cannot be decompressed ({e}); replace it") from None
+        raise HpoError(f"{path} cannot be read or decompressed ({e}); replace it") from None
