@@ -1,10 +1,12 @@
-"""Shared fixtures: the real MNIST files, a throwaway PostgreSQL database, small real-data specs."""
+"""Shared fixtures: real MNIST and Fashion-MNIST, a throwaway PostgreSQL database, small specs."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +43,66 @@ def raw_mnist(mnist_dir: Path):  # type: ignore[no-untyped-def]
     from mnist_hpo import data
 
     return data.load_dir(mnist_dir)
+
+
+# Debian's dataset-fashion-mnist package (.ci/run installs it) puts the four files here.
+FASHION_DEFAULT = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The four Fashion-MNIST files (set MNIST_HPO_TEST_FASHION to their folder)."""
+    found = Path(os.environ.get("MNIST_HPO_TEST_FASHION") or FASHION_DEFAULT)
+    if not (found / "train-images-idx3-ubyte.gz").is_file():
+        msg = (
+            f"real Fashion-MNIST not found in {found}: `apt-get install dataset-fashion-mnist` "
+            "or set MNIST_HPO_TEST_FASHION to a folder with its 4 IDX files"
+        )
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return found
+
+
+@pytest.fixture(scope="session")
+def raw_fashion(fashion_dir: Path):  # type: ignore[no-untyped-def]
+    from mnist_hpo import data
+
+    return data.load_dir(fashion_dir, "fashion-mnist")
+
+
+class _Mirror(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator:  # type: ignore[type-arg]
+    """start(folder, fail_first=0): a mirror of folder on 127.0.0.1; the first N GETs get 503."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(folder: Path, fail_first: int = 0) -> str:
+        failures = {"left": fail_first}
+
+        class Handler(_Mirror):
+            def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
+                super().__init__(*a, directory=str(folder), **k)
+
+            def do_GET(self) -> None:
+                if failures["left"] > 0:
+                    failures["left"] -= 1
+                    self.send_error(503, "try later")
+                    return
+                super().do_GET()
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for s in servers:
+        s.shutdown()
 
 
 PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import http.server
 import importlib.util
 import io
 import os
 import pickle
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import torch
 
 from conftest import IN_CI
 from mnist_hpo import data
+from mnist_hpo.datasets import MNIST
 from mnist_hpo.errors import HpoError
 
 
@@ -34,14 +32,14 @@ def test_raw_and_gz_and_torchvision_layout_share_one_fingerprint(
 ) -> None:
     layout = tmp_path / "MNIST" / "raw"
     layout.mkdir(parents=True)
-    for f in data.FILES:
+    for f in MNIST.files:
         (layout / f.name).write_bytes(gzip.decompress((mnist_dir / f"{f.name}.gz").read_bytes()))
     assert data.load_dir(tmp_path).fingerprint == raw_mnist.fingerprint
 
 
 def _copy(mnist_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for f in data.FILES:
+    for f in MNIST.files:
         shutil.copy(mnist_dir / f"{f.name}.gz", dest)
         os.chmod(dest / f"{f.name}.gz", 0o644)
     return dest
@@ -98,39 +96,6 @@ def test_split_is_fixed_and_normalised(raw_mnist: data.RawData) -> None:
     assert len(small.train_x) == 2000 and torch.equal(small.val_y, raw_mnist.train_labels[59_000:])
 
 
-class _Mirror(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def serve() -> Iterator:  # type: ignore[type-arg]
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(folder: Path, fail_first: int = 0) -> str:
-        failures = {"left": fail_first}
-
-        class Handler(_Mirror):
-            def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
-                super().__init__(*a, directory=str(folder), **k)
-
-            def do_GET(self) -> None:
-                if failures["left"] > 0:
-                    failures["left"] -= 1
-                    self.send_error(503, "try later")
-                    return
-                super().do_GET()
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for s in servers:
-        s.shutdown()
-
-
 def test_download_verifies_retries_and_caches(mnist_dir: Path, tmp_path: Path, serve) -> None:  # type: ignore[no-untyped-def]
     mirror = serve(mnist_dir, fail_first=2)  # two 503s: retries must carry it through
     seen: list[tuple[str, int, int | None]] = []
@@ -142,7 +107,7 @@ def test_download_verifies_retries_and_caches(mnist_dir: Path, tmp_path: Path, s
         backoff=0,
     )
     assert raw.train_images.shape == (60000, 28, 28) and "cache" in raw.source
-    assert {n for n, _, _ in seen} == {f.name for f in data.FILES}
+    assert {n for n, _, _ in seen} == {f.name for f in MNIST.files}
     assert seen[-1][1] == seen[-1][2]  # the bar reaches its total
     # Second time: straight from the cache, no server needed.
     assert (

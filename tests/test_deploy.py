@@ -24,9 +24,9 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from conftest import ROOT, write_spec
-from mnist_hpo import data
 from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
+from mnist_hpo.datasets import MNIST
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.settings import Settings
 from mnist_hpo.spec import load_spec
@@ -217,7 +217,7 @@ def test_each_service_command_runs_against_postgres(
     # here it holds links to the real files, which the download step then finds verified.
     cache = tmp_path / "cache"
     (cache / "mnist").mkdir(parents=True)
-    for f in data.FILES:
+    for f in MNIST.files:
         (cache / "mnist" / f"{f.name}.gz").symlink_to(mnist_dir / f"{f.name}.gz")
     local = {
         "MNIST_HPO_STORAGE": pg_url,

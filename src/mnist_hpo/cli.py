@@ -65,8 +65,9 @@ DataDirOpt = Annotated[
     typer.Option(
         "--data-dir",
         envvar="MNIST_HPO_DATA",
-        help="Folder with the four IDX files (or the course report's mnist.pkl.gz). Default: "
-        "the cache, then a verified download.",
+        help="Folder with the dataset's four IDX files (.gz or raw), directly, in NAME/ or in "
+        "torchvision's layout; for MNIST also the report's mnist.pkl.gz. Default: the cache, "
+        "then a verified download.",
         show_default=False,
     ),
 ]
@@ -81,7 +82,8 @@ CacheOpt = Annotated[
     ),
 ]
 DownloadOpt = Annotated[
-    bool, typer.Option("--download/--no-download", help="Allow downloading missing data.")
+    bool,
+    typer.Option("--download/--no-download", help="Allow downloading the dataset into the cache."),
 ]
 StudiesOpt = Annotated[
     list[Path] | None,
@@ -588,7 +590,13 @@ def families() -> None:
 @_command
 def data(
     data_dir: DataDirOpt = None,
-    dataset: Annotated[str, typer.Option(help="mnist or mnist-sample.")] = "mnist",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="mnist, fashion-mnist or kmnist (official IDX files, checksummed; one cache "
+            "subfolder each), or mnist-sample."
+        ),
+    ] = "mnist",
     cache: CacheOpt = None,
     download: DownloadOpt = True,
 ) -> None:

