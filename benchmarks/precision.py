@@ -6,7 +6,7 @@ the same tensors and thread count. Prints validation and test accuracy per seed,
 the mean training time per epoch and the speed-up. `work --precision auto` picks bf16 only where
 this shows no accuracy cost on hardware with native bfloat16 (see train.bf16_native).
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/precision.py
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/precision.py
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from dataclasses import replace
 import torch
 
 from common import machine, mnist
-from mnist_hpo.export import configs
+from mnist_hpo.build import build_trial
+from mnist_hpo.space import Fixed
 from mnist_hpo.spec import load_spec
-from mnist_hpo.train import PRECISIONS, accuracy, bf16_native, prepare, train
+from mnist_hpo.train import PRECISIONS, accuracy, bf16_native, train
 
 
 def main() -> None:
@@ -45,11 +46,10 @@ def main() -> None:
         runs: dict[str, list[tuple[float, float, float]]] = {p: [] for p in PRECISIONS}
         for seed in seeds:
             for precision in PRECISIONS:
-                arch, cfg = configs(spec, params, seed)
+                built = build_trial(spec, Fixed(params), seed, data.device)  # as a trial does
+                model, cfg = built.model, built.cfg
                 if args.epochs:
                     cfg = replace(cfg, epochs=args.epochs)
-                torch.manual_seed(seed)  # as the objective does, right before building
-                model = prepare(spec.family_def.build(arch), data.device)
                 t0 = time.perf_counter()
                 result = train(model, cfg, data, precision=precision)
                 wall = time.perf_counter() - t0

@@ -1,11 +1,12 @@
 """Time spent in storage calls per trial, on SQLite and PostgreSQL, against the trial's own time.
 
 Runs a short real study per family and storage through `worker.run` (the code `mnist-hpo work`
-runs), with every method of the RDBStorage timed. Calls made from the training thread block
+runs), with every public method of the RDBStorage timed, and the worker's own SQL beside them
+(the dead-worker query, taking the study lock). Calls made from the training thread block
 the trial and count as overhead; the heartbeat thread's calls run beside training (torch releases
 the GIL) and are shown apart. Optuna's sampler and pruner logic is not storage and not counted.
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/storage_overhead.py \
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/storage_overhead.py \
         [--families simple_mlp,deep_mlp] [--trials 6] [--epochs 3] [--pg postgresql://...]
 """
 
@@ -31,9 +32,11 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from common import machine
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo import worker
+from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.resilience import trials as trials_mod
+from mnist_hpo.resilience.lock import StudyLock
 from mnist_hpo.spec import parse
 
 PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -91,6 +94,17 @@ def pg_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def _timed_lock(timings: Timings, held: Callable[..., Any], lock: StudyLock) -> Iterator[None]:
+    """Count the time to take the study lock (not the time it is held: the work inside is
+    timed by its own calls)."""
+    t0 = time.perf_counter()
+    with held(lock):
+        timings.seconds["study lock"] += time.perf_counter() - t0
+        timings.calls["study lock"] += 1
+        yield
+
+
 def measure(url: str, family: str, trials: int, epochs: int, data_dir: Path | None) -> None:
     spec = parse(
         {"family": family, "epochs": epochs, "n_trials": trials, "seed": 0, "pruner": "median"},
@@ -99,8 +113,12 @@ def measure(url: str, family: str, trials: int, epochs: int, data_dir: Path | No
     )
     study_mod.create(storage_mod.open_storage(url), spec)
     timings = Timings()
-    real_open = storage_mod.open_storage
-    storage_mod.open_storage = lambda u, **kw: timings.wrap(real_open(u, **kw))  # type: ignore[assignment]
+    real_open, real_stale = worker.open_storage, trials_mod.optuna_internals.stale_trial_ids
+    real_held = StudyLock.held
+    worker.open_storage = lambda u, **kw: timings.wrap(real_open(u, **kw))  # type: ignore[assignment]
+    # Our own SQL beside Optuna's methods: the dead-worker query and taking the study lock.
+    trials_mod.optuna_internals.stale_trial_ids = timings._timed("stale check", real_stale)  # type: ignore[assignment]
+    StudyLock.held = lambda self: _timed_lock(timings, real_held, self)  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
         worker.run(
@@ -110,7 +128,9 @@ def measure(url: str, family: str, trials: int, epochs: int, data_dir: Path | No
         )
         wall = time.perf_counter() - t0
     finally:
-        storage_mod.open_storage = real_open
+        worker.open_storage = real_open  # type: ignore[assignment]
+        trials_mod.optuna_internals.stale_trial_ids = real_stale  # type: ignore[assignment]
+        StudyLock.held = real_held  # type: ignore[method-assign]
     study = optuna.load_study(study_name=spec.name, storage=url)
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     trial_s = sum(

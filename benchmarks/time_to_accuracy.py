@@ -9,7 +9,7 @@ accuracy and that trial's test accuracy. --save appends the row to a JSON-lines 
 comparison can be built from short runs; --show prints the table of a saved file with the
 pruned/unpruned ratios.
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/time_to_accuracy.py \
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/time_to_accuracy.py \
         --family deep_mlp --pruner median --trials 16 --epochs 5 --save tta.jsonl
     .venv/bin/python benchmarks/time_to_accuracy.py --show tta.jsonl
 """

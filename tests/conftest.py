@@ -19,7 +19,7 @@ IN_CI = os.environ.get("CI") == "true"
 
 def _mnist_dir() -> Path | None:
     candidates = [os.environ.get("MNIST_HPO_TEST_DATA", "")]
-    candidates += [str(ROOT.parent / "shared" / "data" / "mnist"), "/work/shared/data/mnist"]
+    candidates += [str(ROOT.parent / "shared" / "data" / "mnist")]
     for c in candidates:
         if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file():
             return Path(c)
@@ -103,6 +103,17 @@ def serve() -> Iterator:  # type: ignore[type-arg]
     yield start
     for s in servers:
         s.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `postgres` marker on every test that uses the server, however it gets there (the
+    pg_url fixture, or storage_url's postgres case), so `-m 'not postgres'` runs without one."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if "pg_url" in names or "pgbouncer" in names or "postgres" in params:
+            item.add_marker(pytest.mark.postgres)
 
 
 PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -12,11 +12,19 @@ import torch
 from conftest import SMALL_SPEC, run_cli, write_spec
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def cli_storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite in the default run; the same end-to-end run on PostgreSQL with the slow tests."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def env(mnist_dir: Path, tmp_path: Path, storage_url: str) -> dict[str, str]:
+def env(mnist_dir: Path, tmp_path: Path, cli_storage: str) -> dict[str, str]:
     write_spec(tmp_path, "small", SMALL_SPEC)
     return {
-        "MNIST_HPO_STORAGE": storage_url,
+        "MNIST_HPO_STORAGE": cli_storage,
         "MNIST_HPO_DATA": str(mnist_dir),
         "MNIST_HPO_STUDIES": str(tmp_path),
     }

@@ -1,5 +1,6 @@
-"""Crash safety and scale-out in real processes: SIGKILL, SIGTERM, Ctrl-C, 4 workers on one study,
-a PostgreSQL restart mid-study, and an unreachable storage. Heartbeat 1 s, grace 5 s."""
+"""Crash safety and scale-out in real processes: SIGKILL, SIGTERM, Ctrl-C, a pause, 4 workers on one
+study, a PostgreSQL restart mid-study, and an unreachable storage. Heartbeat 1 s, grace 5 s.
+The worker-process tests are `slow` (scripts/test.sh -m slow; CI runs them too)."""
 
 from __future__ import annotations
 
@@ -152,6 +153,7 @@ def _assert_nothing_lost(trials: list[optuna.trial.FrozenTrial], budget: int, ex
     assert budget <= done <= budget + extra, (done, budget)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
@@ -184,6 +186,7 @@ def test_sigkill_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path, mnist_
     assert "Traceback" not in a.output + b.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "name"),
     [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")],
@@ -214,6 +217,7 @@ def test_sigterm_or_ctrl_c_requeues_the_trial_and_exits(
     assert pointer.artifact_id(saved) in _checkpoint_files(tmp_path)
 
 
+@pytest.mark.slow
 def test_second_signal_exits_at_once(tmp_path: Path, mnist_dir: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
@@ -230,6 +234,7 @@ def test_second_signal_exits_at_once(tmp_path: Path, mnist_dir: Path) -> None:
     assert "Traceback" not in a.output
 
 
+@pytest.mark.slow
 def test_stop_wait_bounds_the_wait_for_an_epoch(tmp_path: Path, mnist_dir: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
@@ -246,6 +251,7 @@ def test_stop_wait_bounds_the_wait_for_an_epoch(tmp_path: Path, mnist_dir: Path)
     assert states == [TrialState.FAIL, TrialState.WAITING]
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_paused_worker_whose_trial_was_taken_over_lets_it_go(
     tmp_path: Path, mnist_dir: Path, pg_url: str
@@ -284,6 +290,7 @@ def test_a_paused_worker_whose_trial_was_taken_over_lets_it_go(
     assert _checkpoint_files(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_four_workers_share_one_study(
     tmp_path: Path, mnist_dir: Path, backend: str, request: pytest.FixtureRequest
@@ -315,6 +322,7 @@ def _pg_restart_command() -> list[str]:
     pytest.skip("no PostgreSQL cluster on port 5432 in pg_lsclusters")
 
 
+@pytest.mark.slow
 def test_postgres_restart_mid_study(tmp_path: Path, mnist_dir: Path, pg_url: str) -> None:
     restart = _pg_restart_command()
     body = MANY_TRIALS.replace("epochs = 2", "epochs = 4")
@@ -560,6 +568,7 @@ class Outage:
         self.server.close()
 
 
+@pytest.mark.slow
 def test_a_database_gone_longer_than_the_wait_is_one_line_and_no_work_is_lost(
     tmp_path: Path, mnist_dir: Path, pg_url: str
 ) -> None:

@@ -113,6 +113,7 @@ def _browse(chromium: str, url: str, profile: Path, *action: str) -> str:
 
 # The dashboard computes importances on 3 completed trials; Optuna warns that is rough.
 @pytest.mark.filterwarnings("ignore:Some regimes for parameter")
+@pytest.mark.slow
 def test_browser_renders_the_study_its_trials_and_plots(
     finished_study: tuple[str, str], tmp_path: Path, serve: Serve
 ) -> None:

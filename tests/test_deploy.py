@@ -191,6 +191,7 @@ def _service(
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_each_service_command_runs_against_postgres(
     pg_url: str, mnist_dir: Path, tmp_path: Path
 ) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 from torch import nn
 
-from mnist_hpo.errors import UsageError
 from mnist_hpo.families import cnn, deep_mlp, perceptron, simple_mlp
 from mnist_hpo.space import Hyper
 
@@ -41,10 +40,3 @@ FAMILIES: dict[str, Family] = {
     f.name: f for f in map(Family.of, (perceptron, simple_mlp, deep_mlp, cnn))
 }
 
-
-def get_family(name: str) -> Family:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        known = ", ".join(FAMILIES)
-        raise UsageError(f"unknown family {name!r}; use one of: {known}") from None
