@@ -95,8 +95,8 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         "MNIST_HPO_HEARTBEAT": "1",
         "MNIST_HPO_GRACE": str(GRACE),
     }
-    logs = folder / f"logs-{name}"
-    logs.mkdir()
+    logs = (args.logs or folder) / f"logs-{name}"
+    logs.mkdir(parents=True)
     cmd = [sys.executable, "-m", "mnist_hpo", "work", name, "--threads", "1", "--no-download"]
     started = time.monotonic()
     count = 0
@@ -234,6 +234,7 @@ def main() -> int:
     p.add_argument("--backends", default="sqlite,postgres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="Skip the undisturbed runs.")
+    p.add_argument("--logs", type=Path, help="Keep every worker's log in this folder.")
     args = p.parse_args()
     args.sig = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP}[args.signal]
     faulty = f"SIG{args.signal}s" if args.kills else "no faults"

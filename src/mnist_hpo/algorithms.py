@@ -23,6 +23,10 @@ SAMPLERS: dict[str, Algorithm] = {
     ),
     "random": Algorithm("uniform random search", {}),
     "grid": Algorithm("every combination of the spec's [grid] lists", {}),
+    "nsga2": Algorithm(
+        "NSGA-II, the default for multi-objective studies",
+        {"population_size": int},
+    ),
 }
 
 PRUNERS: dict[str, Algorithm] = {
@@ -40,3 +44,14 @@ PRUNERS: dict[str, Algorithm] = {
     ),
     "none": Algorithm("never prune", {}),
 }
+
+# What a study can optimise: name -> (direction, metric name shown by the dashboard and report).
+# Accuracy is validation accuracy and always comes first: it is what every epoch reports and
+# what pruning compares, in multi-objective studies too.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("maximize", "val_accuracy"),
+    "params": ("minimize", "n_params"),
+    "latency": ("minimize", "latency_ms"),  # ms per image at batch 1 on the worker's device
+}
+# Pruners a multi-objective study can use: per-epoch rules on the accuracy curve alone.
+MULTI_OBJECTIVE_PRUNERS = ("median", "percentile", "none")

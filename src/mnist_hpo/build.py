@@ -32,11 +32,16 @@ def trial_seed(spec: StudySpec, number: int, user_attrs: Mapping[str, Any]) -> i
     return int(user_attrs.get("seed", spec.seed + number))
 
 
-def build_trial(spec: StudySpec, trial: TrialLike, seed: int, device: torch.device) -> Built:
-    """Ask `trial` for the family's and the training parameters, then build the model."""
+def ask_all(spec: StudySpec, trial: TrialLike, seed: int = 0) -> tuple[Any, TrainConfig]:
+    """Ask `trial` for every parameter of a trial of this spec: the family's, then training's."""
     hp = Hyper(trial, spec.overrides)
     arch = spec.family_def.sample(hp)
-    cfg = sample_training(hp, epochs=spec.epochs, seed=seed)
+    return arch, sample_training(hp, epochs=spec.epochs, seed=seed)
+
+
+def build_trial(spec: StudySpec, trial: TrialLike, seed: int, device: torch.device) -> Built:
+    """Ask `trial` for the family's and the training parameters, then build the model."""
+    arch, cfg = ask_all(spec, trial, seed)
     torch.manual_seed(seed)  # initialisation (and dropout) follow the trial's seed
     model = prepare(spec.family_def.build(arch), device)
     return Built(arch, cfg, model)

@@ -255,7 +255,7 @@ def create_study(
     parsed = spec_mod.load_spec(spec, name=name, search=_search(studies))
     url = _storage_url(storage)
     with _reading("creating the study"):
-        _, created = study_mod.create(_open(url, must_exist=False), parsed)
+        study_obj, created = study_mod.create(_open(url, must_exist=False), parsed)
     if not created:
         typer.echo(f"study {parsed.name!r} already exists with this spec; nothing to do")
         return
@@ -266,6 +266,20 @@ def create_study(
     )
     if parsed.enqueue:
         typer.echo(f"enqueued {len(parsed.enqueue)} starting configuration(s)")
+    if parsed.multi_objective:
+        typer.echo(f"objectives: {', '.join(parsed.metric_names())} (a Pareto front)")
+    if parsed.max_params:
+        typer.echo(
+            f"max_params {parsed.max_params:,}: larger configurations are rejected untrained"
+        )
+    if parsed.warm_start:
+        from mnist_hpo.study import WARM_ATTR
+
+        w = study_obj.user_attrs[WARM_ATTR]
+        typer.echo(
+            f"warm start from {', '.join(w['from'])}: {w['imported']} trial(s) imported, "
+            f"{w['skipped']} skipped (outside this study's space)"
+        )
 
 
 @app.command()
@@ -461,34 +475,70 @@ def _print_status(url: str, name: str) -> None:
 
     with _reading():
         study, spec = study_mod.load(_open(url), name)
-        p = study_mod.progress(study, spec)
-        given_up = study_mod.given_up(study)
-        best = study_mod.best_trial(study)
+        summary = study_mod.summarize(study, spec)
+    objectives = f", objectives {' + '.join(spec.objectives)}" if spec.multi_objective else ""
     typer.echo(
         f"study {name}: {spec.family}, {spec.epochs} epochs/trial, {spec.sampler} sampler, "
-        f"{spec.pruner} pruner"
+        f"{spec.pruner} pruner{objectives}"
     )
     if spec.description:
         typer.echo(f"  {spec.description}")
     data = study.user_attrs.get(study_mod.DATA_ATTR)
     typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
+    p = summary.progress
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
-    for t, reason in given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried: no result for these
+    for line in _status_extras(spec, summary):
+        typer.echo(line)
+    for t, reason in summary.given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried
         typer.echo(f"given up: trial {t.number}: {reason}")
-    if len(given_up) > MAX_GIVEN_UP_SHOWN:
-        more = len(given_up) - MAX_GIVEN_UP_SHOWN
+    if len(summary.given_up) > MAX_GIVEN_UP_SHOWN:
+        more = len(summary.given_up) - MAX_GIVEN_UP_SHOWN
         typer.echo(f"given up: {more} more (the dashboard shows each one's error)")
-    if best is None:
-        typer.echo("best: no completed trial yet")
+    if not summary.front:
+        typer.echo(
+            "best: no completed trial yet" + (" within max_params" if spec.max_params else "")
+        )
         return
-    a = best.user_attrs
-    typer.echo(
-        f"best: trial {best.number}: validation {_pct(best.value)}, test "
-        f"{_pct(a.get('test_accuracy'))}, {len(best.intermediate_values)} epochs, "
-        f"{a.get('n_params', 0):,} parameters"
-    )
+    if spec.multi_objective:
+        typer.echo(f"Pareto front ({len(summary.front)} trials, by validation accuracy):")
+        for t in summary.front:
+            typer.echo(f"  {_trial_line(t, spec)}")
+        return
+    best = summary.front[0]
+    typer.echo(f"best: {_trial_line(best, spec)}")
     typer.echo(f"  params: {_fmt_params(best.params)}")
+
+
+def _status_extras(spec: Any, summary: Any) -> list[str]:
+    lines = []
+    if spec.max_params:
+        lines.append(
+            f"max_params {spec.max_params:,}: {summary.rejected} configuration(s) rejected "
+            "untrained (no budget used)"
+        )
+    if spec.goal or spec.patience:
+        rules = [f"goal {100 * spec.goal:.2f}%" if spec.goal else ""]
+        rules.append(f"patience {spec.patience} trials" if spec.patience else "")
+        lines.append("stops early at: " + ", ".join(r for r in rules if r))
+    if summary.warm_start:
+        w = summary.warm_start
+        lines.append(
+            f"warm start from {', '.join(w['from'])}: {w['imported']} trial(s) imported, "
+            f"{w['skipped']} skipped (outside this study's space)"
+        )
+    return lines
+
+
+def _trial_line(t: Any, spec: Any) -> str:
+    a = t.user_attrs
+    extra = ""
+    if "latency" in spec.objectives:
+        extra = f", {a.get('latency_ms', float('nan')):.3f} ms/image"
+    return (
+        f"trial {t.number}: validation {_pct(t.values[0])}, test {_pct(a.get('test_accuracy'))}, "
+        f"{len(t.intermediate_values)} epochs, {a.get('n_params', 0):,} parameters{extra}"
+    )
 
 
 @app.command()
@@ -498,23 +548,23 @@ def best(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     storage: StorageOpt = None,
 ) -> None:
-    """The best trial by validation accuracy, with its test accuracy and parameters."""
+    """The best trial by validation accuracy (a multi-objective study: its Pareto front)."""
     from mnist_hpo import study as study_mod
 
     with _reading():
         s, spec = study_mod.load(_open(_storage_url(storage)), study)
-        t = study_mod.best_trial(s)
-    if t is None:
-        raise HpoError(f"study {study!r} has no completed trial yet; run `mnist-hpo work {study}`")
-    record = study_mod.best_record(s, spec, t)
-    if as_json:
-        typer.echo(json.dumps(record, indent=2))
+        front = study_mod.front(s)
+    if not front:
+        raise HpoError(
+            f"study {study!r} has no completed (feasible) trial yet; run `mnist-hpo work {study}`"
+        )
+    records = [study_mod.best_record(s, spec, t) for t in front]
+    if as_json:  # the best trial; the whole Pareto front (a list) for a multi-objective study
+        typer.echo(json.dumps(records if spec.multi_objective else records[0], indent=2))
         return
-    typer.echo(
-        f"trial {t.number} of {study} ({spec.family}): validation "
-        f"{_pct(t.value)}, test {_pct(record['test_accuracy'])}"
-    )
-    typer.echo(f"params: {_fmt_params(t.params)}")
+    for t in front:
+        typer.echo(f"{_trial_line(t, spec)} ({study}, {spec.family})")
+        typer.echo(f"  params: {_fmt_params(t.params)}")
 
 
 @app.command("list")
@@ -528,7 +578,15 @@ def list_studies(storage: StorageOpt = None) -> None:
 
     url = _storage_url(storage)
     with _reading("listing the studies"):
-        summaries = optuna.get_all_study_summaries(storage=_open(url), include_best_trial=True)
+        st = _open(url)
+        summaries = optuna.get_all_study_summaries(storage=st, include_best_trial=False)
+        # The best feasible trial (within max_params; the top of a Pareto front).
+        best = {
+            s.study_name: study_mod.best_trial(
+                optuna.load_study(study_name=s.study_name, storage=st)
+            )
+            for s in summaries
+        }
     if not summaries:
         typer.echo(f"no studies in {redact(url)}")
         return
@@ -536,11 +594,12 @@ def list_studies(storage: StorageOpt = None) -> None:
     for s in summaries:
         spec = s.user_attrs.get(study_mod.SPEC_ATTR) or {}
         budget = spec.get("n_trials", "?")
-        bt = s.best_trial
+        bt = best[s.study_name]
+        kind = " (Pareto front: see status)" if len(spec.get("objectives", [])) > 1 else ""
         typer.echo(
             f"{s.study_name:<24} {spec.get('family', '?'):<11} "
-            f"{f'{s.n_trials}/{budget}':>9} {_pct(bt.value if bt else None):>9} "
-            f"{_pct(bt.user_attrs.get('test_accuracy') if bt else None):>9}"
+            f"{f'{s.n_trials}/{budget}':>9} {_pct(bt.values[0] if bt else None):>9} "
+            f"{_pct(bt.user_attrs.get('test_accuracy') if bt else None):>9}{kind}"
         )
 
 

@@ -62,3 +62,14 @@ class TrialFailed(ControlFlow):
         super().__init__(f"trial {number} failed: {error}")
         self.number = number
         self.error = error
+
+
+class Infeasible(ControlFlow):
+    """The configuration has more parameters than the study's max_params: rejected untrained."""
+
+    def __init__(self, number: int, n_params: int, max_params: int) -> None:
+        super().__init__(
+            f"trial {number} rejected before training: {n_params:,} parameters > max_params "
+            f"{max_params:,} (told to the sampler as infeasible; no budget used)"
+        )
+        self.why = f"{n_params:,} parameters > max_params {max_params:,}"

@@ -166,7 +166,7 @@ def _meta(
         "validation_accuracy": accuracy(model, split.val_x, split.val_y),
         "test_accuracy": accuracy(model, split.test_x, split.test_y),
         "recorded": {
-            "validation_accuracy": trial.value,
+            "validation_accuracy": trial.values[0],
             "test_accuracy": trial.user_attrs.get("test_accuracy"),
             "device": trial.user_attrs.get("device"),
             "precision": trial.user_attrs.get("precision", "fp32"),

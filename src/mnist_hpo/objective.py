@@ -15,11 +15,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from mnist_hpo import latency
 from mnist_hpo import study as study_mod
 from mnist_hpo.build import build_trial, trial_seed
 from mnist_hpo.checkpoints import Checkpoints, Pointer, new_key
 from mnist_hpo.data import Data
-from mnist_hpo.errors import ControlFlow, HpoError, TakenOver, TrialFailed
+from mnist_hpo.errors import ControlFlow, HpoError, Infeasible, TakenOver, TrialFailed
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted
 from mnist_hpo.resilience.retries import original_number
 from mnist_hpo.resilience.trials import Lease
@@ -37,8 +38,9 @@ class Objective:
     listener: Listener
     precision: str = "auto"  # auto, fp32 or bf16: train.pick_precision
 
-    def run(self, lease: Lease) -> float:
-        """Train the lease's trial; returns its validation accuracy after the last epoch.
+    def run(self, lease: Lease) -> list[float]:
+        """Train the lease's trial; returns its objectives' values (validation accuracy after
+        the last epoch first, then parameters and latency where the spec asks for them).
 
         Raises optuna.TrialPruned when the pruner stops it, ControlFlow when the worker must
         hand it back or let it go, and TrialFailed when the trial itself raised: out of memory
@@ -52,7 +54,7 @@ class Objective:
         except Exception as e:  # the trial's own fault, whatever it is: recorded, not fatal
             raise TrialFailed(lease.number, one_line(e)) from e
 
-    def _run(self, lease: Lease) -> float:
+    def _run(self, lease: Lease) -> list[float]:
         spec, trial, frozen = self.spec, lease.trial, lease.frozen
         seed = trial_seed(spec, trial.number, frozen.user_attrs)
         built = lease.record(
@@ -65,9 +67,10 @@ class Objective:
             or pick_precision(self.precision, built.model, built.cfg.batch_size, self.data.device)
         )
         pointer, resume = self._resume(lease)
+        n_params = sum(p.numel() for p in built.model.parameters())
         attrs: dict[str, Any] = {
             "seed": seed,
-            "n_params": sum(p.numel() for p in built.model.parameters()),
+            "n_params": n_params,
             "device": str(self.data.device),
             "precision": precision,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
@@ -76,7 +79,11 @@ class Objective:
             "resumed_from_epoch": int(resume["epoch"]) if resume is not None else 0,
             "checkpoint": pointer.to_attr(),  # its retries read the files this attempt writes
         }
-        lease.record("starting it", lambda: _set_attrs(trial, attrs))
+        # A retry inherits its predecessor's constraint (a system attr), as it inherits the seed.
+        max_params = spec.max_params if not frozen.constraints else 0
+        lease.record("starting it", lambda: _start(trial, attrs, max_params))
+        if spec.max_params and n_params > spec.max_params:
+            raise Infeasible(trial.number, n_params, spec.max_params)
         self.listener(TrialStarted(trial.number, dict(trial.params), attrs["resumed_from_epoch"]))
         epochs = built.cfg.epochs
         reported = set(frozen.intermediate_values)  # a retry inherits the epochs reported
@@ -88,7 +95,7 @@ class Objective:
             # checkpoint, and a retry resumes from its last inherited reported epoch.
             self.checkpoints.save(pointer, e.epoch, state)
             try:
-                lease.record(f"recording epoch {e.epoch}", lambda: _report(trial, e, reported))
+                lease.record(f"recording epoch {e.epoch}", lambda: _report(lease, e, reported))
             except TakenOver:
                 # Never reported, so no retry resumes from it: this attempt leaves nothing.
                 self.checkpoints.remove(pointer, range(e.epoch, e.epoch + 1))
@@ -99,7 +106,7 @@ class Objective:
             if e.diverged or e.epoch >= epochs:
                 return
             lease.after_epoch()
-            if lease.record("asking the pruner", trial.should_prune):
+            if lease.record("asking the pruner", lease.should_prune):
                 lease.record("finishing it", lambda: _record_history(trial, state))
                 raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
 
@@ -114,14 +121,18 @@ class Objective:
         )
         test = accuracy(built.model, self.data.test_x, self.data.test_y)
         history = {"val_history": result.val_history, "epoch_seconds": result.epoch_seconds}
+        measured = {"accuracy": result.val_accuracy, "params": float(n_params)}
+        extra: dict[str, Any] = {"test_accuracy": test, "epochs_trained": result.epochs_run}
+        if "latency" in spec.objectives:
+            extra |= latency.measure(built.model, self.data.test_x)
+            measured["latency"] = extra["latency_ms"]
 
         def finish() -> None:
             _record_history(trial, history)
-            trial.set_user_attr("test_accuracy", test)
-            trial.set_user_attr("epochs_trained", result.epochs_run)
+            _set_attrs(trial, extra)
 
         lease.record("finishing it", finish)
-        return result.val_accuracy
+        return [measured[o] for o in spec.objectives]
 
     def _resume(self, lease: Lease) -> tuple[Pointer, dict[str, Any] | None]:
         """This attempt's checkpoint files, and the predecessor's state to resume from, if any."""
@@ -156,11 +167,17 @@ def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         trial.set_user_attr(k, v)
 
 
-def _report(trial: optuna.Trial, e: EpochEnd, reported: set[int]) -> None:
+def _start(trial: optuna.Trial, attrs: dict[str, Any], max_params: int) -> None:
+    _set_attrs(trial, attrs)
+    if max_params:  # <= 0 is feasible: TPE and NSGA-II learn the feasible region from it
+        trial.set_constraint("max_params", attrs["n_params"] - max_params)
+
+
+def _report(lease: Lease, e: EpochEnd, reported: set[int]) -> None:
     if e.epoch not in reported:  # a retry inherits the epochs already reported
-        trial.report(e.val_accuracy, e.epoch)
+        lease.report(e.epoch, e.val_accuracy)
     if e.diverged:
-        trial.set_user_attr("diverged", True)
+        lease.trial.set_user_attr("diverged", True)
 
 
 def _record_history(trial: optuna.Trial, state: dict[str, Any]) -> None:

@@ -60,8 +60,8 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
             f"`mnist-hpo work {name}` first"
         )
     complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE),
-        key=lambda t: t.value or 0.0,
+        (t for t in trials if t.state == TrialState.COMPLETE and t.values),
+        key=lambda t: t.values[0],
         reverse=True,
     )
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -69,13 +69,15 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
 
     sections = [_summary(study, spec, trials, counts, complete)]
     sections.append(_top_table(complete[:top], len(complete)))
+    if spec.multi_objective and complete:
+        sections.append(_pareto(study, spec))
     if complete:
         sections.append(
             _figure(
                 "Optimisation history",
-                optuna.visualization.plot_optimization_history(study).update_layout(
-                    yaxis_title="validation accuracy"
-                ),
+                optuna.visualization.plot_optimization_history(
+                    study, target=_accuracy, target_name="val_accuracy"
+                ).update_layout(yaxis_title="validation accuracy"),
                 "Validation accuracy of every completed trial in the order they finished, and "
                 "the best so far.",
             )
@@ -136,13 +138,19 @@ def _summary(
             f"validation: the last {spec.validation_size:,} training images; training: "
             + (f"the first {spec.train_size:,}" if spec.train_size else "the rest"),
         ),
+        ("objectives", ", ".join(spec.metric_names())),
     ]
+    if spec.max_params:
+        rejected = sum("infeasible" in t.user_attrs for t in trials)
+        rows.append(("max_params", f"{spec.max_params:,} ({rejected} rejected untrained)"))
+    if warm := study.user_attrs.get(study_mod.WARM_ATTR):
+        rows.append(("warm start", f"{warm['imported']} trials from {', '.join(warm['from'])}"))
     if complete:
         b = complete[0]
         rows.append(
             (
                 "best",
-                f"trial {b.number}: validation {_pct(b.value)}, test "
+                f"trial {b.number}: validation {_pct(b.values[0])}, test "
                 f"{_pct(b.user_attrs.get('test_accuracy'))}, "
                 f"{b.user_attrs.get('n_params', 0):,} parameters",
             )
@@ -173,7 +181,7 @@ def _top_table(top: Sequence[FrozenTrial], n_complete: int) -> str:
         cells = [
             str(rank),
             str(t.number),
-            _pct(t.value),
+            _pct(t.values[0]),
             _pct(a.get("test_accuracy")),
             f"{a['n_params']:,}" if "n_params" in a else "—",
             str(len(t.intermediate_values)),
@@ -194,7 +202,9 @@ def _importances(study: optuna.Study, n_complete: int) -> str:
         return _note(title, f"Needs at least 2 completed trials; this study has {n_complete}.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fig = optuna.visualization.plot_param_importances(study)
+        fig = optuna.visualization.plot_param_importances(
+            study, target=_accuracy, target_name="val_accuracy"
+        )
     equal = [w for w in caught if "importances will be equal" in str(w.message)]
     if equal:
         return _note(title, f"Too few completed trials ({n_complete}) to tell parameters apart.")
@@ -206,6 +216,25 @@ def _importances(study: optuna.Study, n_complete: int) -> str:
     )
 
 
+def _accuracy(trial: FrozenTrial) -> float:
+    """The first objective: validation accuracy, in single- and multi-objective studies."""
+    return float(trial.values[0])
+
+
+def _pareto(study: optuna.Study, spec: StudySpec) -> str:
+    front = study_mod.front(study)
+    fig = optuna.visualization.plot_pareto_front(
+        study, target_names=spec.metric_names(), constraints_func=None
+    )
+    return _figure(
+        "Pareto front",
+        fig,
+        f"Every completed trial by its objectives ({', '.join(spec.metric_names())}); the "
+        f"{len(front)} trials no other trial beats on all of them at once form the front "
+        "(infeasible ones, over max_params, are never on it).",
+    )
+
+
 def _size_figure(complete: Sequence[FrozenTrial]) -> Any:
     import plotly.graph_objects as go
 
@@ -213,7 +242,9 @@ def _size_figure(complete: Sequence[FrozenTrial]) -> Any:
     x = [t.user_attrs["n_params"] for t in sized]
     labels = [f"trial {t.number}" for t in sized]
     fig = go.Figure()
-    fig.add_scatter(x=x, y=[t.value for t in sized], mode="markers", name="validation", text=labels)
+    fig.add_scatter(
+        x=x, y=[t.values[0] for t in sized], mode="markers", name="validation", text=labels
+    )
     fig.add_scatter(
         x=x,
         y=[t.user_attrs.get("test_accuracy") for t in sized],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
@@ -23,7 +24,12 @@ Options = Mapping[str, Any]
 _MEDIAN_DEFAULTS = {"n_startup_trials": 5, "n_warmup_steps": 2}
 
 
-def make_pruner(name: str, options: Options, *, epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(
+    name: str, options: Options, *, epochs: int, multi_objective: bool = False
+) -> optuna.pruners.BasePruner:
+    if multi_objective and name in ("median", "percentile"):
+        percentile = 50.0 if name == "median" else 25.0
+        return CurvePruner(**{**_MEDIAN_DEFAULTS, "percentile": percentile, **options})
     if name == "median":
         return optuna.pruners.MedianPruner(**{**_MEDIAN_DEFAULTS, **options})
     if name == "percentile":
@@ -38,6 +44,44 @@ def make_pruner(name: str, options: Options, *, epochs: int) -> optuna.pruners.B
     raise ValueError(f"unknown pruner {name!r}")
 
 
+class CurvePruner(optuna.pruners.BasePruner):
+    """Median (or percentile) pruning on the validation-accuracy curve alone, for studies with
+    several objectives, where Optuna's own pruners do not run (`Trial.report` and
+    `should_prune` refuse multi-objective studies: optuna#3450).
+
+    The same rule as Optuna's PercentilePruner on a maximised objective: after the warm-up, a
+    trial whose best validation accuracy so far is below the `percentile` of the other
+    finished trials' accuracies at the same epoch is stopped. Every trial's per-epoch accuracy
+    is stored as its intermediate values, whatever the study's other objectives are.
+    """
+
+    def __init__(
+        self,
+        *,
+        percentile: float,
+        n_startup_trials: int,
+        n_warmup_steps: int,
+        n_min_trials: int = 1,
+    ) -> None:
+        self.percentile = percentile
+        self.n_startup_trials = n_startup_trials  # finished trials before anyone is judged
+        self.n_warmup_steps = n_warmup_steps  # epochs are steps 1, 2, ...: judged from this on
+        self.n_min_trials = n_min_trials  # trials with a value at this epoch to compare with
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.n_warmup_steps:
+            return False
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(finished) < self.n_startup_trials:
+            return False
+        at_step = [t.intermediate_values[step] for t in finished if step in t.intermediate_values]
+        if len(at_step) < self.n_min_trials:
+            return False
+        best_so_far = max(v for s, v in trial.intermediate_values.items() if s <= step)
+        return bool(best_so_far < float(np.percentile(at_step, self.percentile)))
+
+
 def make_sampler(
     name: str, options: Options, *, seed: int, grid: Mapping[str, Sequence[Any]]
 ) -> BaseSampler:
@@ -48,6 +92,8 @@ def make_sampler(
             return optuna.samplers.TPESampler(seed=trial_seed, **options)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=trial_seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=trial_seed, **options)
         if name == "grid":
             # Not the per-trial seed: GridSampler maps grid_id -> point through a shuffle seeded
             # by this value, so every worker must shuffle identically or ids mean other points.

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from mnist_hpo.algorithms import PRUNERS, SAMPLERS
+from mnist_hpo.algorithms import MULTI_OBJECTIVE_PRUNERS, OBJECTIVES, PRUNERS, SAMPLERS
 from mnist_hpo.datasets import DATASETS, TRAIN_IMAGES
 from mnist_hpo.errors import UsageError
 from mnist_hpo.families import FAMILIES, Family
@@ -34,6 +34,7 @@ from mnist_hpo.space import (
 
 MAX_EPOCHS = 1000  # per trial: a sanity bound (the shipped specs train 3-15)
 MAX_TRIALS = 1_000_000  # per study: far above what Optuna's samplers handle (TPE slows past 10k)
+MAX_PARAMS = 10**9  # a parameter budget above a billion is no budget for MNIST models
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,25 @@ class StudySpec:
     params: dict[str, Any] = field(default_factory=dict)  # overrides: pin, choices or range
     grid: dict[str, list[Any]] = field(default_factory=dict)  # for sampler "grid": value lists
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # configurations to try first
+    # Configurations with more parameters are rejected before any training and told to the
+    # sampler as infeasible (a constraint); 0 = no limit.
+    max_params: int = 0
+    # What the study optimises, keys of algorithms.OBJECTIVES, "accuracy" first; more than one
+    # makes it a multi-objective study with a Pareto front.
+    objectives: list[str] = field(default_factory=lambda: ["accuracy"])
+    goal: float | None = None  # every worker stops once a trial reaches this validation accuracy
+    patience: int = 0  # every worker stops after this many trials without a new best; 0 = none
+    warm_start: list[str] = field(default_factory=list)  # studies (same storage) to learn from
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o][0] for o in self.objectives]
+
+    def metric_names(self) -> list[str]:
+        return [OBJECTIVES[o][1] for o in self.objectives]
 
     @property
     def family_def(self) -> Family:
@@ -162,7 +182,9 @@ def parse(
     check = _Checker(data, source)
     check.keys()
     data.setdefault("name", default_name)
+    check.objectives()
     check.scalars()
+    check.goals()
     check.algorithm_options()
     family = FAMILIES[data["family"]]
     declared = declared_params(family)
@@ -226,6 +248,60 @@ class _Checker:
             raise self.fail(f"{key} must be a string, got {v!r}")
         if allowed is not None and v not in allowed:
             raise self.fail(f"{key} {v!r} is not known; use one of {', '.join(allowed)}")
+
+    def objectives(self) -> None:
+        objectives = self.data.get("objectives", ["accuracy"])
+        names = ", ".join(repr(o) for o in OBJECTIVES)
+        if (
+            not isinstance(objectives, list)
+            or not objectives
+            or not all(isinstance(o, str) for o in objectives)
+        ):
+            raise self.fail(f"objectives must be a list of names from {names}, got {objectives!r}")
+        for o in objectives:
+            if o not in OBJECTIVES:
+                raise self.fail(f"objective {o!r} is not known; use {names}")
+        if objectives[0] != "accuracy" or len(set(objectives)) != len(objectives):
+            raise self.fail(
+                f'objectives {objectives!r} must start with "accuracy" (what every epoch reports '
+                "and pruning compares) and name each objective once"
+            )
+        if len(objectives) > 1:
+            self._multi_objective()
+
+    def _multi_objective(self) -> None:
+        # NSGA-II unless the spec says: Optuna 5.0's multi-objective TPE fails on pruned trials
+        # ("A single direction cannot be retrieved from a multi-objective study").
+        sampler = self.data.setdefault("sampler", "nsga2")
+        pruner = self.get("pruner")
+        if sampler == "tpe" and pruner != "none":
+            raise self.fail(
+                'sampler "tpe" cannot run a multi-objective study with pruning (Optuna 5.0\'s '
+                'multi-objective TPE fails on pruned trials); use sampler = "nsga2" (the default '
+                'for these studies) or "random", or pruner = "none"'
+            )
+        if sampler == "grid" or pruner not in MULTI_OBJECTIVE_PRUNERS:
+            allowed = ", ".join(MULTI_OBJECTIVE_PRUNERS)
+            raise self.fail(
+                f"a multi-objective study takes sampler nsga2, random or tpe and pruner "
+                f"{allowed} (per-epoch rules on the accuracy curve), not {sampler}/{pruner}"
+            )
+
+    def goals(self) -> None:
+        self._integer("max_params", 0, MAX_PARAMS)
+        self._integer("patience", 0, MAX_TRIALS)
+        goal = self.data.get("goal")
+        if goal is not None and (
+            isinstance(goal, bool) or not isinstance(goal, int | float) or not 0 < goal <= 1
+        ):
+            raise self.fail(f"goal is a validation accuracy in (0, 1], such as 0.99; got {goal!r}")
+        if goal is not None:
+            self.data["goal"] = float(goal)
+        starts = self.data.get("warm_start", [])
+        if not isinstance(starts, list) or not all(isinstance(n, str) and n for n in starts):
+            raise self.fail(f"warm_start must be a list of study names, got {starts!r}")
+        if self.data["name"] in starts:
+            raise self.fail("warm_start names this study itself; name other studies")
 
     def algorithm_options(self) -> None:
         for key, algo in (

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import platform
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import optuna
 import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo import __version__
+from mnist_hpo import __version__, warm_start
 from mnist_hpo.data import RawData
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.resilience.retries import MAX_RETRY, not_retried
-from mnist_hpo.resilience.trials import BUDGET_STATES
+from mnist_hpo.resilience.trials import INFEASIBLE, uses_budget
 from mnist_hpo.samplers import make_pruner, make_sampler
 from mnist_hpo.spec import StudySpec
 
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
 DATA_ATTR = "data"  # study user attr: fingerprint and source of the data the first worker used
+WARM_ATTR = "warm_start"  # study user attr: what was imported from which studies
 
 
 def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
@@ -30,12 +33,18 @@ def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
     silently changing the search under running workers would mix two experiments.
     """
     wanted = spec.to_dict()
+    sources = [warm_start.source(storage, spec, name, read_spec) for name in spec.warm_start]
     try:
-        study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
+        study = optuna.create_study(
+            storage=storage,
+            study_name=spec.name,
+            directions=cast("list[Literal['minimize', 'maximize']]", spec.directions()),
+        )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=spec.name)
         stored = study.user_attrs.get(SPEC_ATTR)
-        if stored == wanted:
+        # Read back through StudySpec: a spec stored before a key existed has its default.
+        if stored is not None and StudySpec.from_dict(stored).to_dict() == wanted:
             return study, False
         if stored is not None or study.trials:
             differ = sorted(k for k in wanted if (stored or {}).get(k) != wanted[k])
@@ -44,8 +53,15 @@ def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
                 f"{', '.join(differ) or 'everything'}); create it under another --name, or "
                 f"delete it first with `mnist-hpo delete-study {spec.name}`"
             ) from None
+    with warnings.catch_warnings():
+        # Experimental since 3.2 and public: the dashboard and plots show these names
+        # instead of "Objective 0".
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.metric_names())
     study.set_user_attr(SPEC_ATTR, wanted)
     study.set_user_attr("created_by", f"mnist-hpo {__version__}")
+    if sources:
+        study.set_user_attr(WARM_ATTR, warm_start.copy_trials(study, spec, sources))
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study, True
@@ -75,7 +91,9 @@ def load(storage: RDBStorage, name: str) -> tuple[optuna.Study, StudySpec]:
     sampler = make_sampler(
         spec.sampler, spec.sampler_options, seed=spec.seed, grid=spec.grid_space()
     )
-    pruner = make_pruner(spec.pruner, spec.pruner_options, epochs=spec.epochs)
+    pruner = make_pruner(
+        spec.pruner, spec.pruner_options, epochs=spec.epochs, multi_objective=spec.multi_objective
+    )
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     return study, spec
 
@@ -108,15 +126,12 @@ class Progress:
 
     counts: dict[str, int]  # trial state name -> count
     budget: int
-
-    @property
-    def spent(self) -> int:
-        """Trials that use up budget: finished, running, or queued (failed ones are retried)."""
-        return sum(self.counts.get(s.name, 0) for s in BUDGET_STATES)
+    spent: int  # trials that use up budget (resilience.trials.uses_budget)
 
 
 def progress(study: optuna.Study, spec: StudySpec) -> Progress:
-    return Progress(count_states(study.get_trials(deepcopy=False)), spec.budget())
+    trials = study.get_trials(deepcopy=False)
+    return Progress(count_states(trials), spec.budget(), sum(map(uses_budget, trials)))
 
 
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -126,9 +141,65 @@ def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
+def feasible(trial: FrozenTrial) -> bool:
+    """Within the study's constraints (max_params); a trial without constraints is."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible completed trial with the best validation accuracy (the first objective)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(complete, key=lambda t: t.value or 0.0, default=None)
+    return max(
+        (t for t in complete if feasible(t) and t.values),
+        key=lambda t: t.values[0],
+        default=None,
+    )
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of a multi-objective study (feasible trials only), by accuracy."""
+    if len(study.directions) == 1:
+        best = best_trial(study)
+        return [best] if best else []
+    return sorted(
+        (t for t in study.best_trials if feasible(t)), key=lambda t: t.values[0], reverse=True
+    )
+
+
+def stop_rule(spec: StudySpec) -> Callable[[list[FrozenTrial]], str]:
+    """The spec's goal and patience as a rule over the study's trials (see Trials.done)."""
+
+    def done(trials: list[FrozenTrial]) -> str:
+        complete = [
+            t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)
+        ]
+        best = max(complete, key=lambda t: t.values[0], default=None)
+        if best is None:
+            return ""
+        if spec.goal and best.values[0] >= spec.goal:
+            return (
+                f"the study reached its goal: trial {best.number} has {100 * best.values[0]:.2f}% "
+                f"validation accuracy >= goal {100 * spec.goal:.2f}%"
+            )
+        if spec.patience and best.datetime_complete is not None:
+            after = [
+                t
+                for t in trials
+                if t.state.is_finished()
+                and t.state != TrialState.FAIL
+                and uses_budget(t)
+                and t.datetime_complete is not None
+                and t.datetime_complete > best.datetime_complete
+            ]
+            if len(after) >= spec.patience:
+                return (
+                    f"the search stopped improving: {len(after)} trials finished since the best "
+                    f"(trial {best.number}, {100 * best.values[0]:.2f}%), patience "
+                    f"{spec.patience}"
+                )
+        return ""
+
+    return done
 
 
 def given_up(study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
@@ -153,8 +224,10 @@ def best_record(study: optuna.Study, spec: StudySpec, t: FrozenTrial) -> dict[st
         "study": study.study_name,
         "family": spec.family,
         "trial": t.number,
-        "val_accuracy": t.value,
-        "validation_accuracy": t.value,  # the name before 0.2; kept for scripts that read it
+        "val_accuracy": t.values[0],
+        "validation_accuracy": t.values[0],  # the name before 0.2; kept for scripts
+        "objectives": dict(zip(spec.metric_names(), t.values, strict=True)),
+        "feasible": feasible(t),
         "test_accuracy": a.get("test_accuracy"),
         "params": t.params,
         "epochs": len(t.intermediate_values),
@@ -176,3 +249,25 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Where a study stands, for `status`."""
+
+    progress: Progress
+    given_up: list[tuple[FrozenTrial, str]]  # failed and not retried, with the reason
+    front: list[FrozenTrial]  # the best trial, or the Pareto front of a multi-objective study
+    rejected: int  # configurations over max_params, rejected untrained
+    warm_start: dict[str, Any] | None  # what a warm start imported (WARM_ATTR)
+
+
+def summarize(study: optuna.Study, spec: StudySpec) -> Summary:
+    trials = study.get_trials(deepcopy=False)
+    return Summary(
+        progress=progress(study, spec),
+        given_up=given_up(study),
+        front=front(study),
+        rejected=sum(INFEASIBLE in t.user_attrs for t in trials),
+        warm_start=study.user_attrs.get(WARM_ATTR),
+    )

@@ -20,7 +20,14 @@ from mnist_hpo import data as data_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.checkpoints import Checkpoints
 from mnist_hpo.device import check_precision, describe_precision, resolve_device
-from mnist_hpo.errors import EpochCut, HpoError, StopRequested, TakenOver, TrialFailed
+from mnist_hpo.errors import (
+    EpochCut,
+    HpoError,
+    Infeasible,
+    StopRequested,
+    TakenOver,
+    TrialFailed,
+)
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
 from mnist_hpo.objective import Objective
 from mnist_hpo.resilience.retries import crashes
@@ -35,6 +42,9 @@ POLL = 2.0  # seconds between looks at the study while waiting for other workers
 # Trials that raise an error (out of memory for a large configuration) are skipped; this many
 # in a row means the cause is not the parameters (a bug, a broken GPU), so the worker stops.
 FAILED_IN_A_ROW = 3
+# Configurations over max_params cost no training, but a space that is almost all over it
+# (TPE learns the feasible region within a few dozen) should be narrowed, not searched.
+REJECTED_IN_A_ROW = 50
 
 
 @dataclass(frozen=True)
@@ -174,23 +184,34 @@ def open_session(
         f"validation / {len(split.test_x):,} test images on {device}"
     )
     note(f"precision: {describe_precision(options.precision, device)}")
-    trials = Trials(study, storage, settings, budget=spec.budget(), stop=stop, note=note)
+    trials = Trials(
+        study,
+        storage,
+        settings,
+        budget=spec.budget(),
+        stop=stop,
+        note=note,
+        done=study_mod.stop_rule(spec),
+    )
     checkpoints = Checkpoints.at(options.artifacts or default_artifacts())
     objective = Objective(spec, split, checkpoints, listener, options.precision)
     return Session(study, spec, trials, objective, options, stop, listener)
 
 
 def loop(s: Session) -> WorkSummary:
-    summary, started, streak = WorkSummary(), time.monotonic(), 0
+    summary, started, streak = WorkSummary(), time.monotonic(), _Streaks()
     while not (reason := _limit_reached(s.options, summary, started)):
         _sweep_dead(s)
         with s.stop.holding_a_trial():
             lease = s.trials.take()
             if lease is not None:
-                streak = _run_one(s, lease, summary, streak)
+                _run_one(s, lease, summary, streak)
         if s.stop.requested:
             what = "the running trial finished first" if lease else "between trials"
             raise s.stop.interrupted(f"{what}; nothing to re-queue")
+        if lease is None and s.trials.finished:
+            reason = s.trials.finished  # the goal or the patience: no waiting for the others
+            break
         if lease is None and not _others_running(s):
             reason = f"the study's budget of {s.trials.budget} trials is spent"
             _sweep_leftovers(s)
@@ -217,8 +238,16 @@ def _sweep_dead(s: Session) -> None:
         )
 
 
-def _run_one(s: Session, lease: Lease, summary: WorkSummary, streak: int) -> int:
-    """Run one taken trial to its end; returns the new count of failures in a row."""
+@dataclass
+class _Streaks:
+    """Trials in a row that failed with an error of their own, or were over max_params."""
+
+    failed: int = 0
+    rejected: int = 0
+
+
+def _run_one(s: Session, lease: Lease, summary: WorkSummary, streak: _Streaks) -> None:
+    """Run one taken trial to its end."""
     with lease:
         try:
             if s.stop.requested:  # the signal came while the trial was being taken
@@ -226,6 +255,9 @@ def _run_one(s: Session, lease: Lease, summary: WorkSummary, streak: int) -> int
             done = lease.finish(s.objective.run(lease))
         except optuna.TrialPruned:
             done = lease.prune()
+        except Infeasible as e:
+            _rejected(s, lease, e, summary, streak)
+            return
         except StopRequested:
             raise s.stop.interrupted(lease.hand_back("stopped mid-trial")) from None
         except EpochCut:
@@ -235,14 +267,17 @@ def _run_one(s: Session, lease: Lease, summary: WorkSummary, streak: int) -> int
             ) from None
         except TakenOver as e:
             s.note(str(e))
-            return streak
+            return
         except TrialFailed as e:
-            return _failed(s, lease, e, summary, streak)
+            _failed(s, lease, e, summary, streak)
+            return
+    streak.failed = streak.rejected = 0
     _finished(s, done, summary)
-    return 0
 
 
-def _failed(s: Session, lease: Lease, e: TrialFailed, summary: WorkSummary, streak: int) -> int:
+def _failed(
+    s: Session, lease: Lease, e: TrialFailed, summary: WorkSummary, streak: _Streaks
+) -> None:
     """FAIL, not retried, and not counted against the budget: the sampler tries other
     parameters. A cause that fails every trial (a broken GPU, a bug) stops the worker after
     FAILED_IN_A_ROW instead of burning through trials."""
@@ -251,13 +286,29 @@ def _failed(s: Session, lease: Lease, e: TrialFailed, summary: WorkSummary, stre
         s.objective.cleanup(lease.fail(e.error))
     summary.count("FAIL")
     s.note(f"{e}; it is not retried (its parameters would fail again)")
-    if streak + 1 >= FAILED_IN_A_ROW:
+    streak.failed += 1
+    if streak.failed >= FAILED_IN_A_ROW:
         raise HpoError(
-            f"{streak + 1} trials in a row failed, the last with {e.error}; fix the cause, then "
-            "start the worker again (failed trials do not use up the budget; `mnist-hpo status` "
-            "lists them)"
+            f"{streak.failed} trials in a row failed, the last with {e.error}; fix the cause, "
+            "then start the worker again (failed trials do not use up the budget; `mnist-hpo "
+            "status` lists them)"
         )
-    return streak + 1
+
+
+def _rejected(
+    s: Session, lease: Lease, e: Infeasible, summary: WorkSummary, streak: _Streaks
+) -> None:
+    with contextlib.suppress(TakenOver):
+        lease.reject(e.why)
+    summary.count("REJECTED")
+    s.note(str(e))
+    streak.rejected += 1
+    if streak.rejected >= REJECTED_IN_A_ROW:
+        raise HpoError(
+            f"{streak.rejected} configurations in a row had more parameters than max_params "
+            f"{s.spec.max_params:,}; narrow the search in the spec's [params] (smaller widths "
+            "or channels, see `mnist-hpo families`) or raise max_params"
+        )
 
 
 def _finished(s: Session, t: FrozenTrial, summary: WorkSummary) -> None:
@@ -265,17 +316,18 @@ def _finished(s: Session, t: FrozenTrial, summary: WorkSummary) -> None:
     s.objective.cleanup(t)
     best = s.trials.retrying("reading the best trial", lambda: study_mod.best_trial(s.study))
     steps = sorted(t.intermediate_values)
+    last = t.intermediate_values[steps[-1]] if steps else None
     s.listener(
         TrialFinished(
             number=t.number,
             state=t.state.name,
-            val_accuracy=t.value,  # a pruned trial's is its last reported epoch's
+            val_accuracy=t.values[0] if t.values else last,
             test_accuracy=t.user_attrs.get("test_accuracy")
             if t.state == TrialState.COMPLETE
             else None,
             epochs=len(steps),
             seconds=study_mod.seconds(t),
-            best_val=best.value if best else None,
+            best_val=best.values[0] if best else None,
         )
     )
 

@@ -39,4 +39,3 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.name: f for f in map(Family.of, (perceptron, simple_mlp, deep_mlp, cnn))
 }
-

@@ -36,8 +36,26 @@ from mnist_hpo.settings import Settings
 T = TypeVar("T")
 Note = Callable[[str], None]
 
-# Trials that use up budget: finished, running, or queued (failed ones are retried or given up).
+# Trials that use up budget: finished, running, or queued (failed ones are retried or given up)
+# - except those marked with one of FREE_ATTRS: a configuration rejected before any training
+# (over the spec's max_params), or a trial copied from another study (warm start).
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+INFEASIBLE = "infeasible"  # user attr: why the configuration was rejected untrained
+IMPORTED = "imported_from"  # user attr: "<study>#<trial>" a warm start copied it from
+FREE_ATTRS = (INFEASIBLE, IMPORTED)
+
+
+def uses_budget(trial: FrozenTrial) -> bool:
+    return trial.state in BUDGET_STATES and not any(a in trial.user_attrs for a in FREE_ATTRS)
+
+
+# Whether the study is done before its budget (its goal reached, its patience run out): the
+# reason, or "" to go on. Given every trial of the study, under the study lock.
+StopRule = Callable[[list[FrozenTrial]], str]
+
+
+def _never(_trials: list[FrozenTrial]) -> str:
+    return ""
 
 
 @dataclass(frozen=True)
@@ -60,11 +78,14 @@ class Trials:
         budget: int,
         stop: Stop,
         note: Note,
+        done: StopRule = _never,
     ) -> None:
         self.study = study
         self.storage = storage
         self.settings = settings
         self.budget = budget  # trials the study runs in all, across every worker
+        self.done = done
+        self.finished = ""  # why no trial is left to take before the budget, once it is so
         self.stop = stop
         self.note = note
         self.study_id = storage.get_study_id_from_name(study.study_name)
@@ -77,12 +98,17 @@ class Trials:
         """Fail and re-queue trials whose worker stopped sending heartbeats."""
         return self.retrying("looking for dead workers' trials", self._sweep)
 
+    def _stale(self) -> list[int]:
+        return optuna_internals.stale_trial_ids(
+            self.storage.engine, self.study_id, self.settings.grace
+        )
+
     def _sweep(self) -> Swept:
         swept = Swept([], [])
+        if not self._stale():  # the usual case: one read, and no lock for everyone to wait on
+            return swept
         with self.lock.held():
-            for trial_id in optuna_internals.stale_trial_ids(
-                self.storage.engine, self.study_id, self.settings.grace
-            ):
+            for trial_id in self._stale():  # again under the lock: another worker may have swept
                 trial = self.storage.get_trial(trial_id)
                 if trial.state != TrialState.RUNNING:
                     continue
@@ -114,11 +140,13 @@ class Trials:
 
     def _take(self) -> Lease | None:
         with self.lock.held():
-            counts = {s: 0 for s in BUDGET_STATES}
-            for t in self._all(BUDGET_STATES):
-                counts[t.state] += 1
-            if not counts[TrialState.WAITING] and sum(counts.values()) >= self.budget:
-                return None
+            trials = self._all()
+            # Queued trials (retries holding paid-for epochs, enqueued starts) always run; a new
+            # one only while the budget lasts and the study is not done.
+            if not any(t.state == TrialState.WAITING for t in trials):
+                self.finished = self.done(trials)
+                if self.finished or sum(map(uses_budget, trials)) >= self.budget:
+                    return None
             trial = self.study.ask()
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(
                 self.study_id, trial.number
@@ -179,10 +207,31 @@ class Lease:
     def taken_over(self) -> TakenOver:
         return TakenOver(self.number, self.heartbeat.stalled())
 
-    def finish(self, value: float) -> FrozenTrial:
-        return self._tell(TrialState.COMPLETE, value)
+    def report(self, epoch: int, value: float) -> None:
+        """An epoch's validation accuracy, as the trial's intermediate value at that step.
+
+        Through the storage, not `Trial.report`: Optuna refuses the latter in studies with
+        several objectives, and pruning works on this curve in every study.
+        """
+        self.trials.storage.set_trial_intermediate_value(self.trial_id, epoch, value)
+
+    def should_prune(self) -> bool:
+        """The study's pruner on the trial as stored (what `Trial.should_prune` does, minus its
+        refusal of multi-objective studies, whose pruner is samplers.CurvePruner)."""
+        study = self.trials.study
+        return bool(study.pruner.prune(study, self.trials.storage.get_trial(self.trial_id)))
+
+    def finish(self, values: float | list[float]) -> FrozenTrial:
+        return self._tell(TrialState.COMPLETE, values)
 
     def prune(self) -> FrozenTrial:
+        return self._tell(TrialState.PRUNED, None)
+
+    def reject(self, why: str) -> FrozenTrial:
+        """A configuration over the study's max_params, before any training (its constraint,
+        above 0, is set already): recorded as such and PRUNED at zero epochs; it uses no budget
+        (FREE_ATTRS)."""
+        self.record("rejecting it", lambda: self.trial.set_user_attr(INFEASIBLE, why))
         return self._tell(TrialState.PRUNED, None)
 
     def fail(self, error: str) -> FrozenTrial:
@@ -190,7 +239,7 @@ class Lease:
         self.record("recording its error", lambda: self.trial.set_user_attr("error", error))
         return self._tell(TrialState.FAIL, None)
 
-    def _tell(self, state: TrialState, value: float | None) -> FrozenTrial:
+    def _tell(self, state: TrialState, value: float | list[float] | None) -> FrozenTrial:
         def tell() -> FrozenTrial:
             # skip_if_finished: a retried tell whose first attempt was committed just before
             # the connection dropped finds the trial finished already; so does a taken-over one.
