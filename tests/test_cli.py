@@ -237,3 +237,13 @@ def test_create_study_says_which_spec_file_it_used(
     assert r.exit_code == 0 and r.output.startswith("spec: studies/perceptron.toml\n")
     r = _invoke("create-study", "nope", "--storage", db)
     assert r.exit_code == 2 and "looked for nope.toml in studies, then " in r.output
+
+
+def test_version_from_the_metadata_and_shell_completion() -> None:
+    import importlib.metadata
+
+    r = _invoke("--version")
+    assert r.output == f"mnist-hpo {importlib.metadata.version('mnist-hpo')}\n"
+    r = _invoke("--show-completion", "bash")
+    assert r.exit_code == 0 and "complete -o default -F _mnist_hpo_completion mnist-hpo" in r.output
+    assert "--install-completion" in _invoke("--help").output

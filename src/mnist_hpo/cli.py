@@ -33,7 +33,6 @@ app = typer.Typer(
     help="Hyperparameter search for MNIST model families: studies, workers, results.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
