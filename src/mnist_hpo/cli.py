@@ -239,7 +239,11 @@ def _line(event: Event, verbose: bool) -> str | None:
 @_command
 def create_study(
     spec: Annotated[
-        str, typer.Argument(help="Spec name (studies/NAME.toml) or path to a spec .toml file.")
+        str,
+        typer.Argument(
+            help="Spec NAME (NAME.toml in --studies, ./studies or the shipped specs: see "
+            "`mnist-hpo studies`) or a path to a spec .toml file."
+        ),
     ],
     name: Annotated[
         str | None, typer.Option(help="Study name (default: the spec's name or file stem).")
