@@ -198,3 +198,60 @@ def test_delete_study_removes_the_checkpoints_its_trials_left(
     assert r.returncode == 0, r.stderr
     assert f"removed 2 checkpoint file(s) of unfinished trials from {folder}" in r.stdout
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["ckpt-other-t0-cd-a0-e1"]
+
+
+def _invoke(*args: str):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from mnist_hpo.cli import app
+
+    return CliRunner().invoke(app, list(args), prog_name="mnist-hpo")
+
+
+def test_studies_lists_shipped_and_own_specs_and_which_one_a_name_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "studies"
+    mine.mkdir()
+    write_spec(mine, "cnn", 'family = "perceptron"\nepochs = 1\nn_trials = 3\ndescription = "x"\n')
+    write_spec(mine, "typo", 'family = "percepton"\nepochs = 1\nn_trials = 1\n')
+    r = _invoke("studies")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[1] == "studies" and lines[4].endswith("(shipped with mnist-hpo)")
+    assert lines[2].split()[:5] == ["cnn", "perceptron", "3", "trials", "x"]
+    assert lines[2].endswith("[used instead of cnn (shipped with mnist-hpo)]")
+    assert lines[3].split()[:2] == ["typo", "unusable:"] and "'percepton' is not known" in lines[3]
+    shipped = {line.split()[0]: line for line in lines[5:]}
+    assert shipped["cnn"].endswith("[not used: studies/cnn.toml comes first]")
+    assert shipped["report_simple_mlp"].split()[1:4] == ["simple_mlp", "9", "trials"]  # grid
+    r = _invoke("studies", "--studies", str(tmp_path / "none"))
+    assert f"  no specs here ({tmp_path / 'none'}/NAME.toml files would be found)" in r.output
+
+
+def test_create_study_says_which_spec_file_it_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path}/s.db"
+    r = _invoke("create-study", "perceptron", "--storage", db)
+    assert r.exit_code == 0 and r.output.startswith("spec: perceptron (shipped with mnist-hpo)\n")
+    (tmp_path / "studies").mkdir()
+    write_spec(
+        tmp_path / "studies", "perceptron", 'family = "perceptron"\nepochs = 1\nn_trials = 1\n'
+    )
+    r = _invoke("create-study", "perceptron", "--name", "mine", "--storage", db)
+    assert r.exit_code == 0 and r.output.startswith("spec: studies/perceptron.toml\n")
+    r = _invoke("create-study", "nope", "--storage", db)
+    assert r.exit_code == 2 and "looked for nope.toml in studies, then " in r.output
+
+
+def test_version_from_the_metadata_and_shell_completion() -> None:
+    import importlib.metadata
+
+    r = _invoke("--version")
+    assert r.output == f"mnist-hpo {importlib.metadata.version('mnist-hpo')}\n"
+    r = _invoke("--show-completion", "bash")
+    assert r.exit_code == 0 and "complete -o default -F _mnist_hpo_completion mnist-hpo" in r.output
+    assert "--install-completion" in _invoke("--help").output

