@@ -207,6 +207,9 @@ def _settings(search: Search, folder: Path) -> list[str]:
 def tune_run(out: Path, search: Search, folder: Path, tmp: Path) -> None:
     """Ray Tune in its own process, on a local Ray instance of its own (never another's)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1 only
+    # A new local Ray instance would otherwise write ~/.ray/auth_token, which every later
+    # `ray start` on this machine then enforces (and drivers without RAY_AUTH_MODE=token fail).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler

@@ -82,22 +82,12 @@ def _ours(marker: str) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A one-node Ray cluster (2 CPUs, no GPU) on loopback, for this module; its address.
+@contextlib.contextmanager
+def _head(**env: str) -> Iterator[str]:
+    """A one-node Ray cluster (2 CPUs, no GPU) on loopback; its address.
 
     `ray start --block` in the foreground, ended with SIGTERM, stops exactly the processes it
     started; `ray stop` would stop every Ray instance of this user on the machine."""
-    if importlib.util.find_spec("ray") is None:
-        message = "Ray is not installed (dev extra): cannot test the Ray pool"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    if sys.platform != "linux":
-        pytest.skip("the Ray pool tests read /proc")
-    patch = pytest.MonkeyPatch()
-    # Keeps every Ray address on 127.0.0.1: on Linux Ray swaps it for the host's routable IP.
-    patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit 107 bytes
     port = _free_port()  # never 6379, Ray's default and Redis's port
     args = ["start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
@@ -109,7 +99,10 @@ def ray_head() -> Iterator[str]:
     log = Path(temp) / "head.log"
     with log.open("wb") as out:
         head = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), *args], stdout=out, stderr=out
+            [str(Path(sys.executable).parent / "ray"), *args],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, **env},
         )
     try:
         _await_head(head, log)
@@ -119,6 +112,28 @@ def ray_head() -> Iterator[str]:
         head.wait(timeout=60)
         _end_stragglers(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """The module's Ray head, and the environment its drivers need."""
+    if importlib.util.find_spec("ray") is None:
+        message = "Ray is not installed (dev extra): cannot test the Ray pool"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    if sys.platform != "linux":
+        pytest.skip("the Ray pool tests read /proc")
+    patch = pytest.MonkeyPatch()
+    # Keeps every Ray address on 127.0.0.1: on Linux Ray swaps it for the host's routable IP.
+    patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # No token: a `ray start` finding ~/.ray/auth_token (any local ray.init() writes one)
+    # would ask for it, and a driver sends it only with RAY_AUTH_MODE=token.
+    patch.setenv("RAY_AUTH_MODE", "disabled")
+    try:
+        with _head() as address:
+            yield address
+    finally:
         patch.undo()
 
 
@@ -298,6 +313,20 @@ def test_a_command_that_cannot_be_run_exits_127(run: Run) -> None:
     assert run.of("w0")[-1] == "cannot run /nonexistent/mnist-hpo: No such file or directory"
 
 
+def test_connecting_leaves_the_callers_sigterm_handler_alone(ray_head: str) -> None:
+    import signal  # only to read the handler: ray.init from the main thread replaces it
+
+    def mine(_signum: int, _frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with RayPool(ray_head):
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_gpus_asked_of_a_cluster_without_gpus_is_one_clear_error(ray_head: str) -> None:
     with pytest.raises(HpoError, match=r"^--gpus-per-worker 0\.5: the Ray cluster at .* has no "):
         RayPool(ray_head, gpus_per_worker=0.5)
@@ -305,6 +334,19 @@ def test_gpus_asked_of_a_cluster_without_gpus_is_one_clear_error(ray_head: str) 
         HpoError, match=r"has 3 CPU\(s\) and 0 GPU\(s\) .* the largest has 2 CPU\(s\) "
     ):
         RayPool(ray_head, cpus_per_worker=3)
+
+
+@pytest.mark.slow
+def test_a_cluster_that_wants_a_token_is_one_clear_error(ray_head: str) -> None:
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
+    with _head(**token) as address:
+        # In a process of its own: a failed ray.init leaves Ray half set up in its process.
+        code = f"from mnist_hpo.ray_pool import RayPool; RayPool({address!r})"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert (
+        f"HpoError: the Ray cluster at {address} asks for its auth token; set RAY_AUTH_MODE=token"
+    ) in r.stderr, r.stderr
 
 
 def test_an_unreachable_address_is_one_clear_error() -> None:

@@ -245,8 +245,14 @@ def _connect(ray: Any, address: str, timeout: float) -> None:
             "`ray start --head` printed (HOST:PORT from a node of the cluster, "
             "ray://HOST:10001 from elsewhere)"
         )
-    if outcome["error"] is not None:
-        first = _first_line(outcome["error"])
+    error = outcome["error"]
+    if error is not None and "InvalidAuthToken" in _chain(error):
+        raise HpoError(
+            f"the Ray cluster at {address} asks for its auth token; set RAY_AUTH_MODE=token "
+            "and give the head's token as RAY_AUTH_TOKEN (or in ~/.ray/auth_token)"
+        )
+    if error is not None:
+        first = _first_line(error)
         raise HpoError(f"cannot join the Ray cluster at {address} ({first}); check the address")
 
 
@@ -284,6 +290,13 @@ def _check_fits(ray: Any, address: str, gpus: float, cpus: float) -> None:
         )
 
 
+def _chain(error: BaseException | None) -> str:
+    """The messages of an error and of all its causes."""
+    return f"{error}\n{_chain(error.__cause__)}" if error is not None else ""
+
+
 def _first_line(error: BaseException) -> str:
+    """`Type: first line of the message`, and its cause's, which Ray often hides behind it."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    said = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"{said}: {_first_line(error.__cause__)}" if error.__cause__ else said
