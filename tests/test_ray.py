@@ -331,7 +331,7 @@ def test_gpus_asked_of_a_cluster_without_gpus_is_one_clear_error(ray_head: str) 
     with pytest.raises(HpoError, match=r"^--gpus-per-worker 0\.5: the Ray cluster at .* has no "):
         RayPool(ray_head, gpus_per_worker=0.5)
     with pytest.raises(
-        HpoError, match=r"has 3 CPU\(s\) and 0 GPU\(s\) .* the largest has 2 CPU\(s\) "
+        HpoError, match=r"has 3 CPU\(s\) and 0 GPU\(s\) for one worker \(the largest has 2 CPU"
     ):
         RayPool(ray_head, cpus_per_worker=3)
 
