@@ -2,15 +2,19 @@
 
 The compose file is parsed, validated against the Compose specification's JSON schema (as
 vendored by check-jsonschema), and each service's own command is run here with the same
-environment variable names against a fresh PostgreSQL database, in compose's order.
+environment variable names against a fresh PostgreSQL database, in compose's order. The Job is
+validated against the Kubernetes API's JSON schemas (as vendored by kubernetes-validate),
+offline: no cluster, no network.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -316,3 +320,42 @@ def test_kubernetes_job_example() -> None:
     for arg in worker["args"][2:]:
         if arg.startswith("--"):
             assert arg in help_text
+
+
+def _kubernetes_validate():  # type: ignore[no-untyped-def]
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.skip("kubernetes-validate is not installed (dev extra): cannot validate the Job")
+    return kubernetes_validate
+
+
+def _no_network(*_args: object) -> None:
+    raise AssertionError("the validation tried to reach the network")
+
+
+def test_kubernetes_job_matches_the_kubernetes_api_schemas_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kv = _kubernetes_validate()
+    monkeypatch.setattr(socket.socket, "connect", _no_network)  # any network use fails
+    monkeypatch.setattr(socket, "getaddrinfo", _no_network)
+    job = yaml.safe_load(K8S_JOB.read_text(encoding="utf-8"))
+    # Every release whose schemas it vendors (1.25 to 1.37 in kubernetes-validate 1.37.0):
+    # the Job uses only batch/v1 fields, stable since Kubernetes 1.21. Strict: an unknown key
+    # is an error, as `kubectl apply` (server-side field validation) makes it.
+    versions = sorted(set(kv.utils.all_versions()), key=lambda v: [int(x) for x in v.split(".")])
+    assert len(versions) >= 10, versions
+    for version in versions:
+        assert kv.validate(job, version, strict=True) == kv.utils.major_minor(version)
+    newest = versions[-1]
+    # The validator is not a rubber stamp: a misspelt key and a wrong type are rejected.
+    misspelt = copy.deepcopy(job)
+    pod = misspelt["spec"]["template"]["spec"]
+    pod["restartPolicies"] = pod.pop("restartPolicy")
+    with pytest.raises(kv.ValidationError, match="'restartPolicies' was unexpected"):
+        kv.validate(misspelt, newest, strict=True)
+    wrong_type = copy.deepcopy(job)
+    wrong_type["spec"]["parallelism"] = "four"
+    with pytest.raises(kv.ValidationError, match="'four' is not of type 'integer'"):
+        kv.validate(wrong_type, newest, strict=True)
