@@ -22,10 +22,10 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import IN_CI, SMALL_SPEC, write_spec
-from mnist_hpo import storage as storage_mod
 from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.ray_pool import LOST, NODE_PYTHON, RayPool
+from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.spec import load_spec
 from test_crash import ONE_TRIAL
 
@@ -441,3 +441,46 @@ def test_a_ray_worker_killed_mid_trial_is_retried_and_resumed_by_another(
     assert retry.user_attrs["resumed_from_epoch"] == saved >= 1
     assert any(f"trial 1 started (resumed after epoch {saved})" in t for t in run.of(other))
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_work_with_ray_runs_a_study_to_exactly_its_budget(
+    ray_head: str, mnist_dir: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = load_spec(str(write_spec(tmp_path, "viaray", SMALL_SPEC)))
+    study_mod.create(storage_mod.open_storage(url), spec)
+    env = {**os.environ, "MNIST_HPO_ARTIFACTS": str(tmp_path / "artifacts")}
+    cmd = [sys.executable, "-m", "mnist_hpo", "work", "viaray", "--storage", url]
+    cmd += ["--data-dir", str(mnist_dir), "--ray", ray_head, "--workers", "2"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"starting 2 workers on the Ray cluster at {ray_head}" in r.stdout
+    assert "[w0] worker done" in r.stdout and "[w1] worker done" in r.stdout, r.stdout
+    assert "trials: 4/4 of the budget used" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    states = [t.state for t in _trials(url, "viaray")]
+    assert len(states) == 4 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def test_work_with_ray_and_jobs_is_one_sentence(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_hpo",
+            "work",
+            "x",
+            "--storage",
+            url,
+            "--ray",
+            "h:1",
+            "-j",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "--ray places --workers N workers" in r.stderr, r.stderr

@@ -332,10 +332,32 @@ def work(
     grace: GraceOpt = DEFAULTS.grace,
     storage_wait: StorageWaitOpt = DEFAULTS.storage_wait,
     stop_wait: StopWaitOpt = DEFAULTS.stop_wait,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MNIST_HPO_RAY",
+            help="Run --workers workers on the Ray cluster at this address (HOST:PORT of a "
+            "running head, or ray://HOST:PORT); needs pip install 'mnist-hpo[ray]'.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="With --ray: how many workers to place on the cluster.")
+    ] = 1,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(
+            min=0, help="With --ray: GPUs each worker reserves; a fraction shares one (0.25)."
+        ),
+    ] = 0.0,
+    cpus_per_worker: Annotated[
+        int, typer.Option(min=1, help="With --ray: CPUs each worker reserves (its threads).")
+    ] = 1,
     label: Annotated[str, typer.Option(hidden=True, help="Prefix for output lines.")] = "",
     storage: StorageOpt = None,
 ) -> None:
     """Run trials of a study until its budget is spent (or --n-trials / --timeout)."""
+    from mnist_hpo.pool import RayPlan
     from mnist_hpo.worker import WorkOptions
 
     settings = Settings(heartbeat, grace, storage_wait, stop_wait)
@@ -351,7 +373,11 @@ def work(
         wait=wait,
         artifacts=artifacts or default_artifacts(),
     )
-    raise typer.Exit(_work(_storage_url(storage), study, options, settings, jobs, verbose, label))
+    if ray is not None and jobs != 1:
+        raise UsageError("--ray places --workers N workers on the cluster; leave --jobs out")
+    plan = RayPlan(ray, workers, gpus_per_worker, cpus_per_worker) if ray else None
+    url = _storage_url(storage)
+    raise typer.Exit(_work(url, study, options, settings, jobs, verbose, label, plan))
 
 
 def _work(
@@ -362,40 +388,87 @@ def _work(
     jobs: int,
     verbose: bool,
     label: str = "",
+    ray: Any = None,
 ) -> int:
-    """One worker in this process, or `jobs` worker processes; returns the exit code."""
+    """One worker in this process, `jobs` worker processes, or workers on a Ray cluster (`ray`,
+    a pool.RayPlan); returns the exit code."""
     from mnist_hpo.resilience.storage import redact
 
     _quiet_optuna()
     if not label:
         typer.echo(f"storage: {redact(url)}")
-    if jobs == 1:
+    if jobs == 1 and ray is None:
         return _work_here(url, study, options, settings, verbose, label)
     from mnist_hpo import pool, worker
 
     # Check the study and fetch the data once here, so N workers do not each report the same
     # mistake or download the same files at the same time.
-    worker.prepare(url, study, options, settings, download_progress=_download_bar())
-    commands = [
-        pool.worker_command(url, study, options, settings, label=f"w{i}", verbose=verbose)
-        for i in range(jobs)
-    ]
-    typer.echo(f"starting {jobs} worker processes with {options.threads} thread(s) each")
+    worker.prepare(
+        url, study, options, settings, download_progress=_download_bar(), here=ray is None
+    )
+    n = ray.workers if ray is not None else jobs
 
     def first_signal(signum: int) -> None:
         from mnist_hpo.resilience.stop import signal_name
 
         typer.secho(
-            f"{signal_name(signum)}: asking {jobs} workers to stop after their current epoch "
+            f"{signal_name(signum)}: asking {n} workers to stop after their current epoch "
             "and re-queue their trials; again to stop them at once",
             fg="yellow",
             err=True,
         )
 
-    code = pool.run_many(commands, on_first_signal=first_signal)
+    if ray is None:
+        commands = pool.local_commands(url, study, options, settings, jobs=jobs, verbose=verbose)
+        typer.echo(f"starting {jobs} worker processes with {options.threads} thread(s) each")
+        code = pool.run_many(commands, on_first_signal=first_signal)
+    else:
+        code = _work_on_ray(ray, url, study, options, settings, verbose, first_signal)
     if code == 0:
         _print_status(url, study)
     return code
+
+
+def _work_on_ray(
+    plan: Any,
+    url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    verbose: bool,
+    first_signal: Callable[[int], None],
+) -> int:
+    from mnist_hpo import pool
+    from mnist_hpo.ray_pool import LOST
+
+    typer.echo(
+        f"starting {plan.workers} workers on the Ray cluster at {plan.address}, "
+        f"{plan.cpus_per_worker} CPU(s) and {plan.gpus_per_worker:g} GPU(s) each"
+    )
+
+    def show(label: str, text: str) -> None:
+        typer.echo(f"[{label}] {text}")
+        sys.stdout.flush()
+
+    codes = pool.run_on_ray(
+        plan,
+        url,
+        study,
+        options,
+        settings,
+        verbose=verbose,
+        on_line=show,
+        on_first_signal=first_signal,
+    )
+    lost = [f"w{i}" for i, c in enumerate(codes) if c == LOST]
+    if lost and pool.worst([c for c in codes if c != LOST]) == 0:
+        # A lost node is a dead worker: its trial was retried by the others (or is queued).
+        typer.echo(
+            f"{', '.join(lost)}: lost with its node or Ray worker; its trial is retried from its "
+            "checkpoint by another worker once its heartbeat expires (status shows it)"
+        )
+        return 0
+    return pool.worst(codes)
 
 
 def _work_here(

@@ -1,8 +1,9 @@
-"""`work --jobs N`: N worker processes on this machine, each the same `mnist-hpo work` command.
+"""Many workers, each the same `mnist-hpo work` command: `--jobs N` on this machine (processes
+dealt over its GPUs), or `--ray ADDRESS --workers N` on a Ray cluster (ray_pool.py).
 
 Processes, not threads: training is CPU-bound, and one process per worker keeps each worker's
-signal handling, heartbeats and exact budget exactly as when it runs alone. The parent passes
-SIGTERM / Ctrl-C on and reports the worst exit code.
+signal handling, heartbeats and exact budget exactly as when it runs alone. The launcher
+passes SIGTERM / Ctrl-C on and reports the worst exit code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mnist_hpo.gpus import assign_devices, visible_gpus
 from mnist_hpo.resilience import stop
 from mnist_hpo.settings import Settings
 from mnist_hpo.worker import WorkOptions
@@ -45,10 +47,12 @@ def worker_command(
     *,
     label: str,
     verbose: bool,
+    python: str = sys.executable,
 ) -> list[str]:
-    """The command line of one worker process: every setting explicit, nothing inherited."""
+    """The command line of one worker process: every setting explicit, nothing inherited.
+    `label` prefixes its lines ("" where the launcher labels them itself)."""
     return [
-        sys.executable,
+        python,
         "-m",
         "mnist_hpo",
         "work",
@@ -60,9 +64,86 @@ def worker_command(
         *options_argv(options),
         *options_argv(settings),
         *(["--verbose"] if verbose else []),
-        "--label",
-        label,
+        *(["--label", label] if label else []),
     ]
+
+
+def local_commands(
+    storage_url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    *,
+    jobs: int,
+    verbose: bool,
+) -> list[list[str]]:
+    """`--jobs N`'s workers; with `--device cuda` (or auto where a GPU is visible) each gets
+    the next GPU in turn, so a host with several GPUs is used whole."""
+    devices = assign_devices(jobs, options.device, visible_gpus())
+    return [
+        worker_command(
+            storage_url,
+            study,
+            dataclasses.replace(options, device=device),
+            settings,
+            label=f"w{i}",
+            verbose=verbose,
+        )
+        for i, device in enumerate(devices)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class RayPlan:
+    """Where `work --ray` puts its workers."""
+
+    address: str  # of a running cluster: HOST:PORT, or ray://HOST:PORT through Ray Client
+    workers: int
+    gpus_per_worker: float  # a fraction shares a GPU (0.25: four workers per GPU)
+    cpus_per_worker: int  # also each worker's torch threads
+
+
+def run_on_ray(
+    plan: RayPlan,
+    storage_url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    *,
+    verbose: bool,
+    on_line: Callable[[str, str], None],
+    on_first_signal: Callable[[int], None],
+) -> list[int]:
+    """The same worker command, `plan.workers` times, as Ray actors on the cluster's nodes;
+    each worker's exit code (ray_pool.LOST where its node or Ray worker died)."""
+    from mnist_hpo.ray_pool import NODE_PYTHON, RayPool
+
+    device = "cuda" if plan.gpus_per_worker > 0 else "cpu"  # Ray shows a worker its GPUs only
+    options = dataclasses.replace(options, device=device, threads=plan.cpus_per_worker)
+    command = worker_command(
+        storage_url, study, options, settings, label="", verbose=verbose, python=NODE_PYTHON
+    )
+    received: list[int] = []
+
+    def forward(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            on_first_signal(signum)
+        pool.stop(signum)
+
+    with RayPool(
+        plan.address,
+        gpus_per_worker=plan.gpus_per_worker,
+        cpus_per_worker=plan.cpus_per_worker,
+    ) as pool:
+        pool.start([command] * plan.workers, on_line)
+        with stop.forwarding(forward):
+            return pool.wait()
+
+
+def worst(codes: list[int]) -> int:
+    """The exit code of several workers: 0 if all were, else the largest non-zero one."""
+    return max(codes, key=lambda c: (c != 0, c))
 
 
 def run_many(commands: list[list[str]], *, on_first_signal: Callable[[int], None]) -> int:
@@ -87,5 +168,4 @@ def run_many(commands: list[list[str]], *, on_first_signal: Callable[[int], None
         while any(p.poll() is None for p in procs):
             time.sleep(POLL)
     # A worker killed by a signal has a negative code; report it as the shell does (128 + N).
-    codes = [128 - p.returncode if p.returncode < 0 else p.returncode for p in procs]
-    return max(codes, key=lambda c: (c != 0, c))
+    return worst([128 - p.returncode if p.returncode < 0 else p.returncode for p in procs])

@@ -128,12 +128,16 @@ def prepare(
     settings: Settings,
     *,
     download_progress: data_mod.Progress | None = None,
+    here: bool = True,
 ) -> None:
     """What `--jobs N` checks once before starting N workers: the study, the device and the
-    data (downloaded here once, not by N workers at the same time)."""
+    data (downloaded here once, not by N workers at the same time). `here=False` (workers on
+    other machines): the study only; each node checks its own device and finds its own data."""
     storage = open_storage(storage_url, must_exist=True, wait=settings.storage_wait)
     _, spec = study_mod.load(storage, study_name)
     storage.engine.dispose()  # hold no database connection while the workers run
+    if not here:
+        return
     check_precision(options.precision, resolve_device(options.device))
     data_mod.load(
         spec.dataset,
