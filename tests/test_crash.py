@@ -237,18 +237,26 @@ def test_second_signal_exits_at_once(tmp_path: Path, mnist_dir: Path) -> None:
 @pytest.mark.slow
 def test_stop_wait_bounds_the_wait_for_an_epoch(tmp_path: Path, mnist_dir: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    _create(url, tmp_path, ONE_TRIAL)
-    # STOP_WAIT 0: the epoch in progress is abandoned at once, the trial re-queued from the
-    # last finished one.
+    # Long epochs (40,000 images at batch 16: seconds each), so the signal lands mid-epoch.
+    long = ONE_TRIAL.replace("train_size = 4000", "train_size = 40000")
+    _create(url, tmp_path, long.replace("batch_size = 64", "batch_size = 16"))
+    # STOP_WAIT 0: the epoch in progress is abandoned at the next batch, the trial re-queued
+    # from the last finished one.
     a = Worker(
         _env(tmp_path, url, mnist_dir, MNIST_HPO_STOP_WAIT="0"), "crash", "-v", "--threads", "1"
     )
-    a.wait_for(r"trial 0 epoch 2/12")
+    a.wait_for(r"trial 0 epoch 1/12")
+    time.sleep(0.5)  # into epoch 2's batches
     a.proc.send_signal(signal.SIGTERM)
     assert a.finish() == 143
-    assert "the epoch did not finish within 0 s; trial 0" in a.output, a.output
-    states = [t.state for t in _trials(url)]
-    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert re.search(
+        r"stopped by SIGTERM: the epoch did not finish within 0 s; trial 0 \(its epoch was cut "
+        r"short\) was re-queued; its retry resumes after epoch 1",
+        a.output,
+    ), a.output
+    failed, waiting = _trials(url)
+    assert failed.state == TrialState.FAIL and waiting.state == TrialState.WAITING
+    assert sorted(waiting.intermediate_values) == [1]  # the cut epoch 2 was never reported
 
 
 @pytest.mark.slow

@@ -1,0 +1,251 @@
+"""What every command shares: its options (each deploy setting with its env variable), the
+one error seam, and how worker events and figures are printed."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from mnist_hpo.errors import HpoError, Interrupted
+from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
+from mnist_hpo.settings import Settings, default_storage_url
+
+if TYPE_CHECKING:
+    pass
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULTS = Settings()
+
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="MNIST_HPO_STORAGE",
+        help="SQLAlchemy URL of the study storage (default: SQLite file in "
+        "~/.local/share/mnist-hpo/studies.db). postgresql:// uses psycopg 3; add "
+        "?pgbouncer=true behind a transaction-pooling PgBouncer.",
+        show_default=False,
+    ),
+]
+
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts",
+        envvar="MNIST_HPO_ARTIFACTS",
+        help="Checkpoint store: a folder shared by the workers, or s3://BUCKET "
+        "(default: ~/.local/share/mnist-hpo/artifacts).",
+        show_default=False,
+    ),
+]
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="MNIST_HPO_DATA",
+        help="Folder with the dataset's four IDX files (.gz or raw), directly, in NAME/ or in "
+        "torchvision's layout; for MNIST also the report's mnist.pkl.gz. Default: the cache, "
+        "then a verified download.",
+        show_default=False,
+    ),
+]
+
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache",
+        envvar="MNIST_HPO_CACHE",
+        help="Where downloaded data is kept (default: $XDG_CACHE_HOME/mnist-hpo or "
+        "~/.cache/mnist-hpo).",
+        show_default=False,
+    ),
+]
+
+DownloadOpt = Annotated[
+    bool,
+    typer.Option("--download/--no-download", help="Allow downloading the dataset into the cache."),
+]
+
+StudiesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--studies",
+        envvar="MNIST_HPO_STUDIES",
+        help="Folder(s) searched first for spec NAMEs (then ./studies, then the shipped specs); "
+        "in the variable, separate several with ':'.",
+        show_default=False,
+    ),
+]
+
+HeartbeatOpt = Annotated[
+    int,
+    typer.Option(
+        envvar="MNIST_HPO_HEARTBEAT",
+        help="Seconds between a running trial's heartbeats.",
+    ),
+]
+
+GraceOpt = Annotated[
+    int,
+    typer.Option(
+        envvar="MNIST_HPO_GRACE",
+        help="Seconds without a heartbeat before another worker fails a trial as dead and "
+        "retries it; keep it >= 5 x the heartbeat.",
+    ),
+]
+
+StorageWaitOpt = Annotated[
+    float,
+    typer.Option(
+        envvar="MNIST_HPO_STORAGE_WAIT",
+        help="Seconds a worker retries a lost or unreachable storage before it stops.",
+    ),
+]
+
+StopWaitOpt = Annotated[
+    float,
+    typer.Option(
+        envvar="MNIST_HPO_STOP_WAIT",
+        help="Seconds a stopping worker (SIGTERM, Ctrl-C) waits for its epoch; set it just "
+        "below the orchestrator's stop grace period.",
+    ),
+]
+
+StudyArg = Annotated[str, typer.Argument(help="Study name, as given at create-study.")]
+
+
+def storage_url(storage: str | None) -> str:
+    return storage or default_storage_url()
+
+
+def search(studies: list[Path] | None) -> list[Path]:
+    from mnist_hpo.spec import search_path
+
+    # Typer splits a list option's environment variable on whitespace; ':' separates folders.
+    dirs = [Path(p) for d in studies or [] for p in str(d).split(os.pathsep) if p]
+    return search_path(dirs)
+
+
+def error(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+
+
+def command(fn: F) -> F:
+    """Turn HpoError into one red line and its exit code, Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as e:
+            typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(e.exit_code) from None
+        except HpoError as e:
+            error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def reading(what: str = "reading the study") -> Iterator[None]:
+    """A one-shot command's storage calls: an error midway is one sentence, not a trace."""
+    from mnist_hpo.resilience.retry import storage_errors
+
+    quiet_optuna()
+    with storage_errors(what):
+        yield
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    # Our own lines replace Optuna's per-trial INFO logs; failures surface as HpoError or as
+    # the trial's FAIL state.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def open_at(url: str, *, must_exist: bool = True) -> Any:
+    from mnist_hpo.resilience.storage import open_storage
+
+    return open_storage(url, must_exist=must_exist)
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    def one(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={one(v)}" for k, v in sorted(params.items()))
+
+
+def printer(label: str, verbose: bool) -> Callable[[Event], None]:
+    prefix = f"[{label}] " if label else ""
+
+    def show(event: Event) -> None:
+        line = event_line(event, verbose)
+        if line is not None:
+            typer.echo(prefix + line)
+            sys.stdout.flush()
+
+    return show
+
+
+def event_line(event: Event, verbose: bool) -> str | None:
+    match event:
+        case Note(text):
+            return text
+        case TrialStarted(number, params, resumed):
+            if not verbose and not resumed:
+                return None
+            again = f" (resumed after epoch {resumed})" if resumed else ""
+            return f"trial {number} started{again}: {fmt_params(params)}"
+        case EpochDone(number, epoch, epochs, val, secs):
+            if not verbose:
+                return None
+            return f"trial {number} epoch {epoch}/{epochs}: val {pct(val)} ({secs:.1f} s)"
+        case TrialFinished() as t:
+            state = t.state.lower() + (f" at epoch {t.epochs}" if t.state == "PRUNED" else "")
+            test = f" test {pct(t.test_accuracy)}" if t.test_accuracy is not None else ""
+            ran = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+            return (
+                f"trial {t.number} {state}: val {pct(t.val_accuracy)}{test} "
+                f"({ran}, {t.seconds:.1f} s) | best val {pct(t.best_val)}"
+            )
+    return None
+
+
+def download_bar() -> Callable[[str, int, int | None], None]:
+    state: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        if state.get("name") != name:
+            if state.get("bar") is not None:
+                state["bar"].__exit__(None, None, None)
+            state["name"] = name
+            state["bar"] = typer.progressbar(length=total or 0, label=f"downloading {name}")
+            state["bar"].__enter__()
+            state["done"] = 0
+        state["bar"].update(done - state["done"])
+        state["done"] = done
+        if total and done >= total:
+            state["bar"].__exit__(None, None, None)
+            state["bar"] = None
+
+    return progress

@@ -1,0 +1,207 @@
+"""Commands that show or use results: dashboard, report, export-best, predict."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mnist_hpo.settings import default_artifacts
+
+if TYPE_CHECKING:
+    pass
+from mnist_hpo.cli.app import app
+from mnist_hpo.cli.common import (
+    ArtifactsOpt,
+    CacheOpt,
+    DataDirOpt,
+    DownloadOpt,
+    StorageOpt,
+    StudyArg,
+    command,
+    pct,
+    reading,
+    storage_url,
+)
+
+
+@app.command()
+@command
+def dashboard(
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. The dashboard has NO authentication and can delete "
+            "studies: keep 127.0.0.1, or put an authenticating proxy in front."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8080,
+    artifacts: ArtifactsOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Serve optuna-dashboard on the study storage (history, pruning, importances, trials)."""
+    from mnist_hpo import dashboard as dashboard_mod
+    from mnist_hpo.resilience.stop import sigterm_as_ctrl_c
+    from mnist_hpo.resilience.storage import redact
+
+    url = storage_url(storage)
+    location = artifacts or default_artifacts()
+    with reading("opening the dashboard"):
+        server = dashboard_mod.open_dashboard(url, host=host, port=port, artifacts_at=location)
+    typer.echo(
+        f"storage: {redact(url)} ({len(server.studies)} studies); "
+        f"artifacts: {server.artifact_location}"
+    )
+    if not server.local_only:
+        typer.secho(
+            f"warning: listening on {host}, not only this machine: optuna-dashboard has no "
+            "authentication and can delete studies",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(f"dashboard: {server.url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    sigterm_as_ctrl_c()  # docker stop / Kubernetes: stop as on Ctrl-C, not mid-response
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("dashboard stopped")
+    finally:
+        server.close()
+
+
+@app.command()
+@command
+def report(
+    study: StudyArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file to write (default: STUDY-report.html)."),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Trials in the top-trials table.")] = 10,
+    storage: StorageOpt = None,
+) -> None:
+    """Write a self-contained HTML report: history, pruning, importances, top trials."""
+    from mnist_hpo import report as report_mod
+
+    out = output or Path(f"{study}-report.html")
+    with reading("writing the report"):
+        report_mod.write_report(storage_url(storage), study, out, top=top)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; opens offline in any browser)")
+
+
+@app.command("export-best")
+@command
+def export_best(
+    study: StudyArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default: STUDY-best.safetensors)."),
+    ] = None,
+    trial: Annotated[
+        int | None,
+        typer.Option(min=0, help="Export this completed trial instead of the best one."),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Retrain on this device (default: the one the trial recorded)."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Torch CPU threads (default: torch's choice).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache: CacheOpt = None,
+    download: DownloadOpt = True,
+    storage: StorageOpt = None,
+) -> None:
+    """Save the best trial's model (retrained from its recorded params and seed) for `predict`.
+
+    The file is safetensors: tensors plus a JSON header with the family, parameters,
+    normalisation and accuracies. Loading it never unpickles anything.
+    """
+    import torch
+
+    from mnist_hpo import export
+
+    if threads:
+        torch.set_num_threads(threads)
+    default = f"{study}-best.safetensors" if trial is None else f"{study}-trial{trial}.safetensors"
+    with reading("exporting the model"):
+        done = export.export_best(
+            storage_url(storage),
+            study,
+            output or Path(default),
+            trial_number=trial,
+            data_dir=data_dir,
+            cache_dir=cache,
+            download=download,
+            device=device,
+            message=lambda m: typer.echo(m),
+        )
+    m = done.meta
+    typer.echo(
+        f"wrote {done.path}: trial {m['trial']} of {study} ({m['family']}, "
+        f"{m['n_params']:,} parameters), weights {m['weights_from']}"
+    )
+    typer.echo(
+        f"validation {pct(m['validation_accuracy'])}, test {pct(m['test_accuracy'])} "
+        f"(the trial recorded {pct(m['recorded']['validation_accuracy'])} / "
+        f"{pct(m['recorded']['test_accuracy'])})"
+    )
+    if not done.reproduced:
+        typer.secho(
+            "warning: the retrained weights do not score exactly what the trial recorded "
+            "(another device or thread count rounds differently); the file records both",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+
+
+@app.command()
+@command
+def predict(
+    model: Annotated[Path, typer.Argument(help="A file written by export-best.")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="28x28 grayscale PNGs (colour is converted) or an MNIST IDX file."),
+    ],
+    invert: Annotated[
+        bool, typer.Option(help="Invert the images first (for dark digits on a light background).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
+) -> None:
+    """Classify digit images with an exported model: digit and confidence for each.
+
+    Images must be 28x28 MNIST-style: a white digit on a black background. Other sizes are
+    refused (resizing a photo does not make an MNIST digit).
+    """
+    from mnist_hpo import predict as predict_mod
+    from mnist_hpo.model_file import load_model
+
+    loaded = load_model(model)
+    m = loaded.meta
+    if not as_json:
+        typer.echo(
+            f"model: trial {m['trial']} of {m['study']} ({m['family']}), validation "
+            f"{pct(m['validation_accuracy'])}, test {pct(m['test_accuracy'])}"
+        )
+    inverted = 0
+    for path in images:
+        pixels, names = predict_mod.read_images(path)
+        for p in predict_mod.classify(loaded, pixels, names, invert=invert):
+            inverted += p.looks_inverted
+            if as_json:
+                record = {"image": p.name, "digit": p.digit, "confidence": p.confidence}
+                typer.echo(json.dumps(record))
+            else:
+                typer.echo(f"{p.name}: {p.digit} ({pct(p.confidence)})")
+    if inverted:
+        typer.secho(
+            f"warning: {inverted} image(s) have a bright border, but MNIST digits are white on "
+            "black; if they are dark on light, pass --invert",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )

@@ -1,0 +1,337 @@
+"""Commands about studies and specs: create-study, status, best, list, delete-study, families,
+studies, data."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.settings import default_artifacts
+
+if TYPE_CHECKING:
+    from mnist_hpo.spec import Listed
+from mnist_hpo.cli.app import app
+from mnist_hpo.cli.common import (
+    ArtifactsOpt,
+    CacheOpt,
+    DataDirOpt,
+    DownloadOpt,
+    StorageOpt,
+    StudiesOpt,
+    StudyArg,
+    command,
+    download_bar,
+    fmt_params,
+    open_at,
+    pct,
+    reading,
+    search,
+    storage_url,
+)
+
+
+@app.command("create-study")
+@command
+def create_study(
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="Spec NAME (NAME.toml in --studies, ./studies or the shipped specs: see "
+            "`mnist-hpo studies`) or a path to a spec .toml file."
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Study name (default: the spec's name or file stem).")
+    ] = None,
+    studies: StudiesOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Create a study from a spec; the whole spec is stored in the study for every worker."""
+    from mnist_hpo import spec as spec_mod
+    from mnist_hpo import study as study_mod
+    from mnist_hpo.resilience.storage import redact
+
+    path = spec_mod.resolve_path(spec, search(studies))
+    parsed = spec_mod.read_spec(path, name=name)
+    typer.echo(f"spec: {spec_mod.origin(path)}")
+    url = storage_url(storage)
+    with reading("creating the study"):
+        study_obj, created = study_mod.create(open_at(url, must_exist=False), parsed)
+    if not created:
+        typer.echo(f"study {parsed.name!r} already exists with this spec; nothing to do")
+        return
+    typer.echo(
+        f"created study {parsed.name!r} in {redact(url)}: {parsed.family}, "
+        f"{parsed.epochs} epochs/trial, {parsed.budget()} trials, {parsed.sampler} sampler, "
+        f"{parsed.pruner} pruner, dataset {parsed.dataset}"
+    )
+    if parsed.enqueue:
+        typer.echo(f"enqueued {len(parsed.enqueue)} starting configuration(s)")
+    if parsed.multi_objective:
+        typer.echo(f"objectives: {', '.join(parsed.metric_names())} (a Pareto front)")
+    if parsed.max_params:
+        typer.echo(
+            f"max_params {parsed.max_params:,}: larger configurations are rejected untrained"
+        )
+    if parsed.warm_start:
+        from mnist_hpo.study import WARM_ATTR
+
+        w = study_obj.user_attrs[WARM_ATTR]
+        typer.echo(
+            f"warm start from {', '.join(w['from'])}: {w['imported']} trial(s) imported, "
+            f"{w['skipped']} skipped (outside this study's space)"
+        )
+
+
+MAX_GIVEN_UP_SHOWN = 5  # status lists this many given-up trials; the dashboard shows them all
+
+
+@app.command()
+@command
+def status(study: StudyArg, storage: StorageOpt = None) -> None:
+    """Trials by state, budget, data in use, and the best trial so far."""
+    print_status(storage_url(storage), study)
+
+
+def print_status(url: str, name: str) -> None:
+    from mnist_hpo import study as study_mod
+
+    with reading():
+        study, spec = study_mod.load(open_at(url), name)
+        summary = study_mod.summarize(study, spec)
+    objectives = f", objectives {' + '.join(spec.objectives)}" if spec.multi_objective else ""
+    typer.echo(
+        f"study {name}: {spec.family}, {spec.epochs} epochs/trial, {spec.sampler} sampler, "
+        f"{spec.pruner} pruner{objectives}"
+    )
+    if spec.description:
+        typer.echo(f"  {spec.description}")
+    data = study.user_attrs.get(study_mod.DATA_ATTR)
+    typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
+    p = summary.progress
+    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
+    typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
+    for line in _status_extras(spec, summary):
+        typer.echo(line)
+    for t, reason in summary.given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried
+        typer.echo(f"given up: trial {t.number}: {reason}")
+    if len(summary.given_up) > MAX_GIVEN_UP_SHOWN:
+        more = len(summary.given_up) - MAX_GIVEN_UP_SHOWN
+        typer.echo(f"given up: {more} more (the dashboard shows each one's error)")
+    if not summary.front:
+        typer.echo(
+            "best: no completed trial yet" + (" within max_params" if spec.max_params else "")
+        )
+        return
+    if spec.multi_objective:
+        typer.echo(f"Pareto front ({len(summary.front)} trials, by validation accuracy):")
+        for t in summary.front:
+            typer.echo(f"  {_trial_line(t, spec)}")
+        return
+    best = summary.front[0]
+    typer.echo(f"best: {_trial_line(best, spec)}")
+    typer.echo(f"  params: {fmt_params(best.params)}")
+
+
+def _status_extras(spec: Any, summary: Any) -> list[str]:
+    lines = []
+    if spec.max_params:
+        lines.append(
+            f"max_params {spec.max_params:,}: {summary.rejected} configuration(s) rejected "
+            "untrained (no budget used)"
+        )
+    if spec.goal or spec.patience:
+        rules = [f"goal {100 * spec.goal:.2f}%" if spec.goal else ""]
+        rules.append(f"patience {spec.patience} trials" if spec.patience else "")
+        lines.append("stops early at: " + ", ".join(r for r in rules if r))
+    if summary.warm_start:
+        w = summary.warm_start
+        lines.append(
+            f"warm start from {', '.join(w['from'])}: {w['imported']} trial(s) imported, "
+            f"{w['skipped']} skipped (outside this study's space)"
+        )
+    return lines
+
+
+def _trial_line(t: Any, spec: Any) -> str:
+    a = t.user_attrs
+    extra = ""
+    if "latency" in spec.objectives:
+        extra = f", {a.get('latency_ms', float('nan')):.3f} ms/image"
+    return (
+        f"trial {t.number}: validation {pct(t.values[0])}, test {pct(a.get('test_accuracy'))}, "
+        f"{len(t.intermediate_values)} epochs, {a.get('n_params', 0):,} parameters{extra}"
+    )
+
+
+@app.command()
+@command
+def best(
+    study: StudyArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """The best trial by validation accuracy (a multi-objective study: its Pareto front)."""
+    from mnist_hpo import study as study_mod
+
+    with reading():
+        s, spec = study_mod.load(open_at(storage_url(storage)), study)
+        front = study_mod.front(s)
+    if not front:
+        raise HpoError(
+            f"study {study!r} has no completed (feasible) trial yet; run `mnist-hpo work {study}`"
+        )
+    records = [study_mod.best_record(s, spec, t) for t in front]
+    if as_json:  # the best trial; the whole Pareto front (a list) for a multi-objective study
+        typer.echo(json.dumps(records if spec.multi_objective else records[0], indent=2))
+        return
+    for t in front:
+        typer.echo(f"{_trial_line(t, spec)} ({study}, {spec.family})")
+        typer.echo(f"  params: {fmt_params(t.params)}")
+
+
+@app.command("list")
+@command
+def list_studies(storage: StorageOpt = None) -> None:
+    """Studies in the storage with their progress and best accuracies."""
+    import optuna
+
+    from mnist_hpo import study as study_mod
+    from mnist_hpo.resilience.storage import redact
+
+    url = storage_url(storage)
+    with reading("listing the studies"):
+        st = open_at(url)
+        summaries = optuna.get_all_study_summaries(storage=st, include_best_trial=False)
+        # The best feasible trial (within max_params; the top of a Pareto front).
+        best = {
+            s.study_name: study_mod.best_trial(
+                optuna.load_study(study_name=s.study_name, storage=st)
+            )
+            for s in summaries
+        }
+    if not summaries:
+        typer.echo(f"no studies in {redact(url)}")
+        return
+    typer.echo(f"{'study':<24} {'family':<11} {'trials':>9} {'best val':>9} {'its test':>9}")
+    for s in summaries:
+        spec = s.user_attrs.get(study_mod.SPEC_ATTR) or {}
+        budget = spec.get("n_trials", "?")
+        bt = best[s.study_name]
+        kind = " (Pareto front: see status)" if len(spec.get("objectives", [])) > 1 else ""
+        typer.echo(
+            f"{s.study_name:<24} {spec.get('family', '?'):<11} "
+            f"{f'{s.n_trials}/{budget}':>9} {pct(bt.values[0] if bt else None):>9} "
+            f"{pct(bt.user_attrs.get('test_accuracy') if bt else None):>9}{kind}"
+        )
+
+
+@app.command("delete-study")
+@command
+def delete_study(
+    study: StudyArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> None:
+    """Delete a study and all its trials, and the checkpoint files its trials left behind."""
+    from mnist_hpo import study as study_mod
+    from mnist_hpo.checkpoints import Checkpoints
+    from mnist_hpo.resilience.storage import redact
+
+    url = storage_url(storage)
+    location = artifacts or default_artifacts()
+    with reading("deleting the study"):
+        st = open_at(url)
+        spec = study_mod.read_spec(st, study)
+        checkpoints = Checkpoints.at(location)
+        if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
+            raise UsageError("not deleted")
+        trials = study_mod.delete(st, study)
+    typer.echo(f"deleted study {study!r} from {redact(url)}")
+    removed = checkpoints.remove_trials(trials, spec.epochs)
+    if removed:
+        typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
+
+
+@app.command()
+@command
+def families() -> None:
+    """The model families and the parameters each one searches."""
+    from mnist_hpo.families import FAMILIES
+    from mnist_hpo.spec import declared_params
+
+    for fam in FAMILIES.values():
+        typer.secho(fam.name, bold=True, nl=False)
+        typer.echo(f": {fam.summary}")
+        for name, param in sorted(declared_params(fam).items()):
+            typer.echo(f"    {name:<14} {param.describe()}")
+
+
+@app.command("studies")
+@command
+def list_specs(studies: StudiesOpt = None) -> None:
+    """The study specs a NAME can name: shipped ones and your own, in the order searched."""
+    from mnist_hpo import spec as spec_mod
+
+    folders = search(studies)
+    found = spec_mod.catalogue(folders)
+    typer.echo("specs by folder, in the order a NAME is looked up (a .toml path is used as is)")
+    for folder in folders:
+        here = [s for s in found if s.folder == folder]
+        typer.secho(spec_mod.folder_label(folder), bold=True)
+        if not here:
+            typer.echo(f"  no specs here ({folder}/NAME.toml files would be found)")
+        for s in here:
+            typer.echo("  " + _spec_line(s))
+
+
+def _spec_line(s: Listed) -> str:
+    """One `studies` line: NAME, family, budget, description, and which file wins a NAME."""
+    from mnist_hpo.spec import origin
+
+    if s.spec is None:
+        return f"{s.name:<22} unusable: {s.problem.removeprefix(f'{s.path}: ')}"
+    trials = s.spec.budget()
+    line = f"{s.name:<22} {s.spec.family:<11} {trials:>5} trial{'s' if trials != 1 else ' '}"
+    line += f"  {s.spec.description}" if s.spec.description else ""
+    if s.shadowed_by is not None:
+        line += f"  [not used: {origin(s.shadowed_by)} comes first]"
+    if s.shadows:
+        line += f"  [used instead of {', '.join(origin(p) for p in s.shadows)}]"
+    return line
+
+
+@app.command()
+@command
+def data(
+    data_dir: DataDirOpt = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="mnist, fashion-mnist or kmnist (official IDX files, checksummed; one cache "
+            "subfolder each), or mnist-sample."
+        ),
+    ] = "mnist",
+    cache: CacheOpt = None,
+    download: DownloadOpt = True,
+) -> None:
+    """Find, verify (and if needed download) the data, and say exactly what will be used."""
+    from mnist_hpo import data as data_mod
+
+    raw = data_mod.load(
+        dataset,
+        data_dir,
+        cache_dir=cache,
+        download=download,
+        message=lambda m: typer.echo(m),
+        progress=download_bar(),
+    )
+    typer.echo(f"data: {raw.source}")
+    typer.echo(
+        f"{len(raw.train_images):,} training / {len(raw.test_images):,} test images; "
+        f"fingerprint {raw.fingerprint}"
+    )

