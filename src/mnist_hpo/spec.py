@@ -29,6 +29,7 @@ from mnist_hpo.space import (
     Range,
     check_override,
     explore,
+    single_value,
 )
 
 DATASETS = {
@@ -96,8 +97,9 @@ class StudySpec:
 
 
 def declared_params(family: Family) -> dict[str, Param]:
-    """Every parameter a trial of this family can ask for: its architecture plus training."""
-    return explore([family.sample, _training])
+    """Every parameter a spec may name for this family: its architecture plus training, under
+    every value a spec may pick (warmup exists only for the warm-up schedules, for example)."""
+    return explore([family.sample, _training], every_allowed=True)
 
 
 def _training(hp: Any) -> object:
@@ -244,10 +246,15 @@ def parse(
             'sampler = "grid" and a non-empty [grid] table go together; give both or neither'
         )
     if grid:
+        # A parameter whose default range is one value (a lever that is off unless a spec
+        # asks for it) is as good as pinned: the grid need not list it, and a grid study
+        # stored before the parameter existed still validates.
         open_params = sorted(
             n
-            for n in explore([family.sample, _training], overrides)
-            if not isinstance(overrides.get(n), Pin) and n not in grid
+            for n, p in explore([family.sample, _training], overrides).items()
+            if not isinstance(overrides.get(n), Pin)
+            and n not in grid
+            and (n in overrides or single_value(p) is None)
         )
         if open_params:
             raise fail(
