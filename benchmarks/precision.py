@@ -6,7 +6,7 @@ the same tensors and thread count. Prints validation and test accuracy per seed,
 the mean training time per epoch and the speed-up. `work --precision auto` picks bf16 only where
 this shows no accuracy cost on hardware with native bfloat16 (see train.bf16_native).
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/precision.py
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/precision.py
 """
 
 from __future__ import annotations

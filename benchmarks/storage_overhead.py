@@ -5,7 +5,7 @@ runs), with every method of the RDBStorage timed. Calls made from the training t
 the trial and count as overhead; the heartbeat thread's calls run beside training (torch releases
 the GIL) and are shown apart. Optuna's sampler and pruner logic is not storage and not counted.
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/storage_overhead.py \
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/storage_overhead.py \
         [--families simple_mlp,deep_mlp] [--trials 6] [--epochs 3] [--pg postgresql://...]
 """
 

@@ -5,7 +5,7 @@ with 1 torch thread each at the same time (what `mnist-hpo work --jobs 2` does o
 one after the other in one process with 2 threads (`--jobs 1`). Small-batch training is mostly
 per-operation overhead that a second thread cannot share, so separate processes win.
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/threads.py \
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/threads.py \
         [--families deep_mlp,cnn] [--batch 64] [--limit 0]
 """
 

@@ -17,7 +17,7 @@ Speed is compared as training samples per second, so the report loop may run on 
 printed beside speed: validation accuracy after the epoch (the report loop's figure is after
 --report-limit images when one is set).
 
-    MNIST_HPO_DATA=/work/shared/data/mnist .venv/bin/python benchmarks/trainer_vs_report.py
+    MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/trainer_vs_report.py
 """
 
 from __future__ import annotations

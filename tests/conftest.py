@@ -17,7 +17,7 @@ IN_CI = os.environ.get("CI") == "true"
 
 def _mnist_dir() -> Path | None:
     candidates = [os.environ.get("MNIST_HPO_TEST_DATA", "")]
-    candidates += [str(ROOT.parent / "shared" / "data" / "mnist"), "/work/shared/data/mnist"]
+    candidates += [str(ROOT.parent / "shared" / "data" / "mnist")]
     for c in candidates:
         if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file():
             return Path(c)
