@@ -50,14 +50,17 @@ def toml_value(v: Any) -> str:
     return repr(v)
 
 
-def write_spec(path: Path, args: argparse.Namespace) -> None:
+def write_spec(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     spec = tomllib.loads((ROOT / "studies" / f"{args.family}.toml").read_text())
-    spec.update(n_trials=args.trials, epochs=args.epochs, pruner=args.pruner, seed=args.seed)
+    # 0 / "" keep the shipped spec's value.
+    given = {"n_trials": args.trials, "epochs": args.epochs, "pruner": args.pruner}
+    spec.update({k: v for k, v in given.items() if v}, seed=args.seed)
     spec.update(tomllib.loads(args.extra))
     lines = [f"{k} = {toml_value(v)}" for k, v in spec.items() if k != "enqueue"]
     for params in spec.get("enqueue", []):
         lines += ["[[enqueue]]"] + [f"{k} = {toml_value(v)}" for k, v in params.items()]
     path.write_text("\n".join(lines) + "\n")
+    return spec
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/tta.db"
         spec = Path(tmp) / f"{args.family}.toml"
-        write_spec(spec, args)
+        used = write_spec(spec, args)
         cli = [sys.executable, "-m", "mnist_hpo"]
         name = ["--name", "tta", "--storage", url]
         subprocess.run([*cli, "create-study", str(spec), *name], check=True, capture_output=True)
@@ -89,11 +92,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {
         "family": args.family,
-        "pruner": args.pruner,
+        "pruner": used.get("pruner", "median"),
         "trials": len(trials),
         "states": states,
         "epochs_trained": sum(len(t.intermediate_values) for t in trials),
-        "epochs_budget": args.epochs * len(trials),
+        "epochs_budget": used["epochs"] * len(trials),
         "threshold": threshold,
         "seconds_to_threshold": (reached.datetime_complete - start).total_seconds()
         if reached and reached.datetime_complete
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "best_test": best.user_attrs.get("test_accuracy"),
         "wall_s": wall,
         "settings": {
-            "epochs": args.epochs,
+            "epochs": used["epochs"],
             "jobs": args.jobs,
             "seed": args.seed,
             "extra": args.extra,
@@ -216,9 +219,9 @@ def best_config_fate(base: dict[str, Any], other: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="deep_mlp")
-    parser.add_argument("--pruner", default="median")
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--pruner", default="", help="default: the spec's")
+    parser.add_argument("--trials", type=int, default=0, help="default: the spec's n_trials")
+    parser.add_argument("--epochs", type=int, default=0, help="default: the spec's")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.0)
