@@ -2,12 +2,14 @@
 
 Each run creates a study from the shipped spec (studies/FAMILY.toml, with --trials, --epochs,
 --pruner and optional --extra TOML lines replacing its keys) in a fresh SQLite file and runs
-`mnist-hpo work --jobs 2` on it, as a user would. It then reads the study back: the wall time
-until a completed trial first reached the threshold validation accuracy (98.0% deep_mlp, 99.0%
-cnn; counted from the first trial's start), trials by state, epochs trained, the best validation
-accuracy and that trial's test accuracy. --save appends the row to a JSON-lines file so a
-comparison can be built from short runs; --show prints the table of a saved file with the
-pruned/unpruned ratios.
+`mnist-hpo work --jobs 2 --verbose` on it, as a user would. It then reads the study back: the
+wall time until a completed trial first reached the threshold validation accuracy (98.0%
+deep_mlp, 99.0% cnn; counted from the first trial's start), trials by state, epochs trained, the
+best validation accuracy and that trial's test accuracy. Beside it, the time until any trial's
+validation after any epoch first reached the threshold ("epoch thr": the moment the search had
+such a model, read from the worker's epoch lines as they are printed). --save appends the row to
+a JSON-lines file so a comparison can be built from short runs; --show prints the table of a
+saved file with the pruned/unpruned ratios.
 
     MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/time_to_accuracy.py \
         --family deep_mlp --pruner median --trials 16 --epochs 5 --save tta.jsonl
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,8 @@ from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = {"deep_mlp": 0.98, "cnn": 0.99, "simple_mlp": 0.98, "perceptron": 0.92}
+# What `work --verbose` prints after each epoch (optionally behind a "[w0] " worker label).
+EPOCH_LINE = re.compile(r"trial (\d+) epoch (\d+)/\d+: val ([\d.]+)%")
 
 
 def toml_value(v: Any) -> str:
@@ -45,14 +50,17 @@ def toml_value(v: Any) -> str:
     return repr(v)
 
 
-def write_spec(path: Path, args: argparse.Namespace) -> None:
+def write_spec(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     spec = tomllib.loads((ROOT / "studies" / f"{args.family}.toml").read_text())
-    spec.update(n_trials=args.trials, epochs=args.epochs, pruner=args.pruner, seed=args.seed)
+    # 0 / "" keep the shipped spec's value.
+    given = {"n_trials": args.trials, "epochs": args.epochs, "pruner": args.pruner}
+    spec.update({k: v for k, v in given.items() if v}, seed=args.seed)
     spec.update(tomllib.loads(args.extra))
     lines = [f"{k} = {toml_value(v)}" for k, v in spec.items() if k != "enqueue"]
     for params in spec.get("enqueue", []):
         lines += ["[[enqueue]]"] + [f"{k} = {toml_value(v)}" for k, v in params.items()]
     path.write_text("\n".join(lines) + "\n")
+    return spec
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,16 +68,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/tta.db"
         spec = Path(tmp) / f"{args.family}.toml"
-        write_spec(spec, args)
+        used = write_spec(spec, args)
         cli = [sys.executable, "-m", "mnist_hpo"]
         name = ["--name", "tta", "--storage", url]
         subprocess.run([*cli, "create-study", str(spec), *name], check=True, capture_output=True)
         t0 = time.perf_counter()
-        work = [*cli, "work", "tta", "--jobs", str(args.jobs), "--storage", url]
-        subprocess.run(work, check=True, stdout=subprocess.DEVNULL)
+        work = [*cli, "work", "tta", "--jobs", str(args.jobs), "--storage", url, "--verbose"]
+        epochs = watch(work)
         wall = time.perf_counter() - t0
         trials = optuna.load_study(study_name="tta", storage=url).trials
     start = min(t.datetime_start for t in trials if t.datetime_start)
+    first = next(((at, n, e, v) for at, n, e, v in epochs if v >= threshold), None)
     complete = sorted(
         (t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete),
         key=lambda t: t.datetime_complete,  # type: ignore[arg-type,return-value]
@@ -83,16 +92,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {
         "family": args.family,
-        "pruner": args.pruner,
+        "pruner": used.get("pruner", "median"),
         "trials": len(trials),
         "states": states,
         "epochs_trained": sum(len(t.intermediate_values) for t in trials),
-        "epochs_budget": args.epochs * len(trials),
+        "epochs_budget": used["epochs"] * len(trials),
         "threshold": threshold,
         "seconds_to_threshold": (reached.datetime_complete - start).total_seconds()
         if reached and reached.datetime_complete
         else None,
         "trial_reaching": reached.number if reached else None,
+        # The first epoch of any trial at the threshold: (seconds from the first trial's
+        # start, trial, epoch). The clock is the moment its line was printed.
+        "epoch_to_threshold": (first[0] - start.timestamp(), first[1], first[2]) if first else None,
         # (seconds from the start, validation accuracy) of each completed trial, in order: the
         # time to any other threshold can be read from a saved file with --show --threshold.
         "completions": [
@@ -119,12 +131,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "best_test": best.user_attrs.get("test_accuracy"),
         "wall_s": wall,
         "settings": {
-            "epochs": args.epochs,
+            "epochs": used["epochs"],
             "jobs": args.jobs,
             "seed": args.seed,
             "extra": args.extra,
         },
     }
+
+
+def watch(command: list[str]) -> list[tuple[float, int, int, float]]:
+    """Run a `work --verbose`, timestamping each epoch line: (time, trial, epoch, val)."""
+    seen = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = EPOCH_LINE.search(line)
+            if m:
+                seen.append((time.time(), int(m[1]), int(m[2]), float(m[3]) / 100))
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command)
+    return seen
 
 
 def show(rows: list[dict[str, Any]], threshold: float = 0.0) -> None:
@@ -139,15 +165,17 @@ def show(rows: list[dict[str, Any]], threshold: float = 0.0) -> None:
     print(f"'to thr' is the time to {', '.join(targets)} validation accuracy")
     print(
         f"{'family':<9} {'pruner':<7} {'trials':>6} {'pruned':>6} {'epochs':>9} {'to thr':>9} "
-        f"{'wall':>7} {'best val':>8} {'test':>7}"
+        f"{'epoch thr':>18} {'wall':>7} {'best val':>8} {'test':>7}"
     )
     for r in rows:
         tt = r["seconds_to_threshold"]
+        et = r.get("epoch_to_threshold")
+        epoch = f"{et[0]:.1f} s (t{et[1]} e{et[2]})" if et else "never"
         print(
             f"{r['family']:<9} {r['pruner']:<7} {r['trials']:>6} "
             f"{r['states'].get('PRUNED', 0):>6} {r['epochs_trained']:>4}/{r['epochs_budget']:<4} "
-            f"{(f'{tt:.0f} s' if tt is not None else 'never'):>9} {r['wall_s']:>6.0f}s "
-            f"{r['best_val']:>8.2%} {r['best_test'] or 0:>7.2%}"
+            f"{(f'{tt:.0f} s' if tt is not None else 'never'):>9} {epoch:>18} "
+            f"{r['wall_s']:>6.0f}s {r['best_val']:>8.2%} {r['best_test'] or 0:>7.2%}"
         )
     for family in dict.fromkeys(r["family"] for r in rows):
         by = {r["pruner"]: r for r in rows if r["family"] == family}
@@ -191,9 +219,9 @@ def best_config_fate(base: dict[str, Any], other: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="deep_mlp")
-    parser.add_argument("--pruner", default="median")
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--pruner", default="", help="default: the spec's")
+    parser.add_argument("--trials", type=int, default=0, help="default: the spec's n_trials")
+    parser.add_argument("--epochs", type=int, default=0, help="default: the spec's")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.0)

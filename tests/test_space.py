@@ -70,3 +70,48 @@ def test_overrides_become_optuna_distributions() -> None:
     d = trial.distributions
     assert d["lr"] == optuna.distributions.FloatDistribution(0.01, 0.01)
     assert d["width"] == optuna.distributions.CategoricalDistribution((5, 7))
+
+
+def test_opt_in_levers_are_declared_but_search_only_their_off_value() -> None:
+    def training(hp: Hyper) -> object:
+        return sample_training(hp, epochs=1, seed=0)
+
+    searched = explore([training])
+    declared = explore([training], every_allowed=True)
+    # warmup exists only under the warm-up schedules, rotate only under affine/elastic
+    # augmentation: a spec may name them, a spec that does not opt in never meets them.
+    assert {"warmup", "rotate", "elastic_alpha", "shift"} <= set(declared)
+    assert not {"warmup", "rotate", "elastic_alpha", "shift"} & set(searched)
+    assert searched["augment"] == ChoiceParam(("none",), ("none", "shift", "affine", "elastic"))
+    assert searched["label_smoothing"] == FloatParam(0.0, 0.0, False, (0.0, 0.5))
+
+
+def test_a_fixed_trial_without_a_one_valued_parameter_gets_that_value() -> None:
+    # A trial recorded before the levers existed rebuilds with them off; anything else that
+    # it lacks is still an error.
+    hp = Hyper(optuna.trial.FixedTrial({"lr": 0.01}), {"momentum": Pin(0.5)})
+    assert hp.choice("augment", ("none",), allowed=("none", "affine")) == "none"
+    assert hp.float("label_smoothing", 0.0, 0.0, limits=(0.0, 0.5)) == 0.0
+    assert hp.int("convs_per_block", 1, 1, limits=(1, 3)) == 1
+    assert hp.float("momentum", 0.0, 0.99) == 0.5  # pinned by the spec
+    assert hp.float("lr", 1e-4, 0.3, log=True) == 0.01
+    with pytest.raises(ValueError, match="not found"):
+        hp.int("batch_size", 16, 512)
+
+
+def test_explore_stays_small_as_choices_multiply() -> None:
+    # Every combination of the cnn's categorical answers is ~93,000 runs of its sampler; the
+    # walk varies at most EXPLORE_DEPTH answers at once and finds the same parameters.
+    from mnist_hpo.families import FAMILIES
+
+    runs = 0
+    cnn = FAMILIES["cnn"]
+
+    def counted(hp: Hyper) -> object:
+        nonlocal runs
+        runs += 1
+        return cnn.sample(hp)
+
+    found = explore([counted, lambda hp: sample_training(hp, epochs=1, seed=0)], every_allowed=True)
+    assert {"kernel_size_2", "warmup", "elastic_sigma", "head", "pool"} <= set(found)
+    assert runs < 2000

@@ -191,3 +191,79 @@ def test_a_stored_spec_from_before_a_new_rule_still_loads() -> None:
     data["enqueue"] = [{"width_0": 16}]
     spec = StudySpec.from_dict(data, source="the spec stored in study 'x'")
     assert spec.enqueue == [{"width_0": 16}]
+
+
+REPORT_SPECS = [p for p in SHIPPED if p.stem.startswith("report_")]
+
+
+@pytest.mark.parametrize("path", REPORT_SPECS, ids=[p.stem for p in REPORT_SPECS])
+def test_report_replications_train_as_before_the_levers(path: Path) -> None:
+    import optuna
+
+    from mnist_hpo.augment import Augment
+    from mnist_hpo.hyperparams import sample_training
+    from mnist_hpo.space import Hyper
+
+    spec = load_spec(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for params in spec.enqueue or [{}]:
+        study.enqueue_trial(params)
+        trial = study.ask()
+        hp = Hyper(trial, spec.overrides)
+        arch = spec.family_def.sample(hp)
+        cfg = sample_training(hp, epochs=spec.epochs, seed=0)
+        assert (cfg.augment, cfg.label_smoothing, cfg.warmup) == (Augment(), 0.0, 0.0)
+        assert cfg.schedule == "constant"
+        for field, off in (("batch_norm", False), ("convs_per_block", 1), ("pool", "max")):
+            if hasattr(arch, field):
+                assert getattr(arch, field) == off
+        if spec.family == "cnn":
+            assert (arch.head, arch.kernels()) == ("flatten", (3, 3))
+
+
+def test_a_grid_study_stored_before_the_levers_still_loads() -> None:
+    spec = load_spec("report_simple_mlp")
+    data = spec.to_dict()
+    for lever in ("batch_norm", "label_smoothing", "augment"):
+        del data["params"][lever]
+    old = StudySpec.from_dict(data)
+    assert old.budget() == 9 and "augment" not in old.grid_space()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        # Opting in is explicit: an enqueued lever value must be inside the searched range.
+        (BASE + '[[enqueue]]\naugment = "affine"\n', "outside the searched range"),
+        (BASE + "[[enqueue]]\nlabel_smoothing = 0.1\n", "outside the searched range"),
+        (BASE + "[params]\nrotate = 60.0\n", "outside the allowed 0..45"),
+        (BASE + '[params]\naugment = "blur"\n', "not allowed"),
+        # A grid must pin a lever it searches.
+        (
+            BASE + 'sampler = "grid"\n[params]\naugment = ["none", "shift"]\n[grid]\nlr = [0.1]\n',
+            "missing: .*augment",
+        ),
+    ],
+)
+def test_levers_validate_like_every_parameter(tmp_path: Path, body: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        load_spec(str(write_spec(tmp_path, "lever", body)))
+
+
+def test_a_spec_opts_in_to_levers(tmp_path: Path) -> None:
+    body = BASE + (
+        '[params]\naugment = ["none", "affine"]\nschedule = ["cosine", "onecycle"]\n'
+        "label_smoothing = { low = 0.0, high = 0.2 }\n"
+        '[[enqueue]]\naugment = "affine"\nrotate = 12.0\nschedule = "onecycle"\nwarmup = 0.3\n'
+        "label_smoothing = 0.1\n"
+    )
+    spec = load_spec(str(write_spec(tmp_path, "levers", body)))
+    assert spec.enqueue == [
+        {
+            "augment": "affine",
+            "rotate": 12.0,
+            "schedule": "onecycle",
+            "warmup": 0.3,
+            "label_smoothing": 0.1,
+        }
+    ]

@@ -31,6 +31,7 @@ from mnist_hpo.space import (
     default_override,
     describe_override,
     explore,
+    single_value,
 )
 
 MAX_EPOCHS = 1000  # per trial: a sanity bound (the shipped specs train 3-15)
@@ -113,8 +114,9 @@ class StudySpec:
 
 
 def declared_params(family: Family) -> dict[str, Param]:
-    """Every parameter a trial of this family can ask for: its architecture plus training."""
-    return explore([family.sample, _training])
+    """Every parameter a spec may name for this family: its architecture plus training, under
+    every value a spec may pick (warmup exists only for the warm-up schedules, for example)."""
+    return explore([family.sample, _training], every_allowed=True)
 
 
 def _training(hp: Any) -> object:
@@ -431,10 +433,15 @@ class _Checker:
             )
         if not grid:
             return
+        # A parameter whose default range is one value (a lever that is off unless a spec
+        # asks for it) is as good as pinned: the grid need not list it, and a grid study
+        # stored before the parameter existed still validates.
         open_params = sorted(
             n
-            for n in explore([family.sample, _training], overrides)
-            if not isinstance(overrides.get(n), Pin) and n not in grid
+            for n, p in explore([family.sample, _training], overrides).items()
+            if not isinstance(overrides.get(n), Pin)
+            and n not in grid
+            and (n in overrides or single_value(p) is None)
         )
         if open_params:
             raise self.fail(

@@ -91,13 +91,18 @@ def fitting(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, BaseDistrib
     replay = _Replay(params)
     try:
         ask_all(spec, replay)
-    except _Outside:
+    except (_Outside, _Missing):
         return None
     return replay.asked if set(replay.asked) == set(params) else None
 
 
 class _Outside(Exception):
     """A recorded value the spec's search would never produce."""
+
+
+class _Missing(ValueError):
+    """The trial recorded no value: a ValueError, as Optuna's FixedTrial raises, so Hyper gives
+    a lever that is off unless a spec asks for it (one possible value) that value."""
 
 
 class _Replay:
@@ -109,7 +114,7 @@ class _Replay:
 
     def _value(self, name: str) -> Any:
         if name not in self.params:
-            raise _Outside(name)
+            raise _Missing(name)
         return self.params[name]
 
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:

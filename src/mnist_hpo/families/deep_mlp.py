@@ -1,4 +1,7 @@
-"""deep_mlp: the course report's DeepNetwork, two or more hidden ReLU layers (part 3)."""
+"""deep_mlp: the course report's DeepNetwork, two or more hidden ReLU layers (part 3).
+
+Optional batch norm between each hidden layer and its ReLU (off by default, as in the report).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ from torch import nn
 
 from mnist_hpo.space import Hyper
 
-SUMMARY = "784->w0->...->10 with ReLU; samples depth (2-4), each width and dropout"
+SUMMARY = "784->w0->...->10 with ReLU; samples depth (2-4), each width, dropout and batch norm"
 
 
 @dataclass(frozen=True)
 class Config:
     widths: tuple[int, ...]  # hidden layer widths, input side first
     dropout: float  # dropout after every hidden activation (0 = none)
+    batch_norm: bool = False  # BatchNorm1d between every hidden layer and its ReLU
 
 
 def sample(hp: Hyper) -> Config:
@@ -23,14 +27,21 @@ def sample(hp: Hyper) -> Config:
     widths = tuple(
         hp.int(f"width_{i}", 32, 1024, log=True, limits=(1, 8192)) for i in range(n_layers)
     )
-    return Config(widths=widths, dropout=hp.float("dropout", 0.0, 0.5, limits=(0.0, 0.9)))
+    return Config(
+        widths=widths,
+        dropout=hp.float("dropout", 0.0, 0.5, limits=(0.0, 0.9)),
+        batch_norm=hp.choice("batch_norm", (False,), allowed=(False, True)),
+    )
 
 
 def build(cfg: Config) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = 28 * 28
     for width in cfg.widths:
-        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        layers.append(nn.Linear(fan_in, width))
+        if cfg.batch_norm:  # only when asked for: keeps the report-era layer indices otherwise
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(nn.ReLU())
         if cfg.dropout > 0:
             layers.append(nn.Dropout(cfg.dropout))
         fan_in = width
