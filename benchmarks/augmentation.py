@@ -21,10 +21,11 @@ import torch
 
 from common import machine, mnist
 from mnist_hpo.augment import Augment, Augmenter
+from mnist_hpo.build import build_trial
 from mnist_hpo.data import Data
-from mnist_hpo.export import configs
+from mnist_hpo.space import Fixed
 from mnist_hpo.spec import load_spec
-from mnist_hpo.train import pick_precision, prepare, train
+from mnist_hpo.train import pick_precision, train
 from recipe import pinned_spec
 
 # Magnitudes when the spec's recipe sets none (FRONTIER anchors; Simard's elastic alpha, sigma).
@@ -50,11 +51,10 @@ def variant(params: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def epoch_seconds(family: str, params: dict[str, Any], data: Data, repeats: int) -> float:
     spec = pinned_spec(family, 1, params)
-    arch, cfg = configs(spec, params, 0)
     best = float("inf")
     for _ in range(repeats):
-        torch.manual_seed(0)
-        model = prepare(spec.family_def.build(arch), data.device)
+        built = build_trial(spec, Fixed(params), 0, data.device)
+        model, cfg = built.model, built.cfg
         precision = pick_precision("auto", model, cfg.batch_size, data.device)
         result = train(model, replace(cfg, epochs=1), data, precision=precision)
         best = min(best, result.epoch_seconds[0])

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from common import machine, mnist
+from mnist_hpo.build import build_trial
 from mnist_hpo.data import Data
-from mnist_hpo.export import configs
+from mnist_hpo.space import Fixed
 from mnist_hpo.spec import StudySpec, load_spec, parse
-from mnist_hpo.train import EpochEnd, accuracy, pick_precision, prepare, train
+from mnist_hpo.train import EpochEnd, accuracy, pick_precision, train
 
 
 @dataclass
@@ -58,9 +59,8 @@ def run(
     verbose: bool = False,
 ) -> Run:
     spec = pinned_spec(family, epochs, params)
-    arch, cfg = configs(spec, params, seed)
-    torch.manual_seed(seed)  # as the objective does, right before building
-    model = prepare(spec.family_def.build(arch), data.device)
+    built = build_trial(spec, Fixed(params), seed, data.device)  # as a trial does
+    model, cfg = built.model, built.cfg
     chosen = pick_precision(precision, model, cfg.batch_size, data.device)
 
     def show(e: EpochEnd) -> None:

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from mnist_hpo import study as study_mod
 from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.settings import default_storage_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -78,9 +79,7 @@ def main() -> None:
     parser.add_argument("--grid", nargs="*", default=[], help="studies listed trial by trial")
     parser.add_argument("--storage", default=os.environ.get("MNIST_HPO_STORAGE"))
     args = parser.parse_args()
-    storage = storage_mod.open_storage(
-        args.storage or storage_mod.default_storage_url(), must_exist=True
-    )
+    storage = storage_mod.open_storage(args.storage or default_storage_url(), must_exist=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}")
     print()
     print("| study | best val | its test | trials | epochs trained | wall | best params |")
