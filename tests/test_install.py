@@ -23,6 +23,7 @@ from conftest import ROOT, write_spec
 from mnist_hpo import __version__, quickstart
 from mnist_hpo import data as data_mod
 from mnist_hpo.errors import HpoError
+from mnist_hpo.spec import load_spec
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 SHIPPED = sorted(p.name for p in (ROOT / "studies").glob("*.toml"))
@@ -185,7 +186,8 @@ def _check_specs(user: User) -> None:
     assert str(ROOT) not in listing  # the installed package's specs, not the checkout's
     lines = {line.split()[0]: line for line in listing.splitlines() if line.startswith("  ")}
     assert "tiny: one 1-epoch" in lines["tiny"] and " 1 trial " in lines["tiny"]
-    assert lines["cnn"].split()[1:4] == ["cnn", "8", "trials"]  # family, budget
+    budget = load_spec(str(ROOT / "studies" / "cnn.toml")).budget()
+    assert lines["cnn"].split()[1:4] == ["cnn", str(budget), "trials"]  # family, budget
     assert "[used instead of deep_mlp (shipped with mnist-hpo)]" in listing
     assert "[not used: studies/deep_mlp.toml comes first]" in listing
     assert "spec: studies/tiny.toml" in user.cli("create-study", "tiny").stdout

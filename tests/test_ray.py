@@ -484,3 +484,17 @@ def test_work_with_ray_and_jobs_is_one_sentence(tmp_path: Path) -> None:
         timeout=120,
     )
     assert r.returncode == 2 and "--ray places --workers N workers" in r.stderr, r.stderr
+
+
+def test_work_with_an_unreachable_ray_address_is_one_sentence(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study_mod.create(
+        storage_mod.open_storage(url), load_spec(str(write_spec(tmp_path, "x", SMALL_SPEC)))
+    )
+    cmd = [sys.executable, "-m", "mnist_hpo", "work", "x", "--storage", url]
+    r = subprocess.run(
+        [*cmd, "--ray", f"127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
