@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial
 
 from mnist_hpo import latency
 from mnist_hpo import study as study_mod
-from mnist_hpo.build import build_trial, trial_seed
+from mnist_hpo.build import Built, build_trial, trial_seed
 from mnist_hpo.checkpoints import Checkpoints, Pointer, new_key
 from mnist_hpo.data import Data
 from mnist_hpo.errors import ControlFlow, HpoError, Infeasible, TakenOver, TrialFailed
@@ -25,7 +26,7 @@ from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted
 from mnist_hpo.resilience.retries import original_number
 from mnist_hpo.resilience.trials import Lease
 from mnist_hpo.spec import StudySpec
-from mnist_hpo.train import EpochEnd, accuracy, pick_precision, train
+from mnist_hpo.train import EpochEnd, TrainResult, accuracy, pick_precision, train
 
 ERROR_CHARS = 300  # of a trial's error message kept in its `error` user attr
 
@@ -55,6 +56,20 @@ class Objective:
             raise TrialFailed(lease.number, one_line(e)) from e
 
     def _run(self, lease: Lease) -> list[float]:
+        built, precision, pointer, resume = self._begin(lease)
+        result = train(
+            built.model,
+            built.cfg,
+            self.data,
+            self._epoch_hook(lease, pointer, built.cfg.epochs),
+            resume=resume,
+            precision=precision,
+            on_batch=lease.on_batch,
+        )
+        return self._finish(lease, built, result)
+
+    def _begin(self, lease: Lease) -> tuple[Built, str, Pointer, dict[str, Any] | None]:
+        """Build the trial's model, record how it trains; reject it if over max_params."""
         spec, trial, frozen = self.spec, lease.trial, lease.frozen
         seed = trial_seed(spec, trial.number, frozen.user_attrs)
         built = lease.record(
@@ -85,8 +100,14 @@ class Objective:
         if spec.max_params and n_params > spec.max_params:
             raise Infeasible(trial.number, n_params, spec.max_params)
         self.listener(TrialStarted(trial.number, dict(trial.params), attrs["resumed_from_epoch"]))
-        epochs = built.cfg.epochs
-        reported = set(frozen.intermediate_values)  # a retry inherits the epochs reported
+        return built, precision, pointer, resume
+
+    def _epoch_hook(
+        self, lease: Lease, pointer: Pointer, epochs: int
+    ) -> Callable[[EpochEnd], None]:
+        """What happens after each epoch: still ours? checkpoint, report, stop? prune?"""
+        trial = lease.trial
+        reported = set(lease.frozen.intermediate_values)  # a retry inherits the epochs reported
 
         def on_epoch(e: EpochEnd) -> None:
             lease.before_checkpoint()
@@ -110,29 +131,25 @@ class Objective:
                 lease.record("finishing it", lambda: _record_history(trial, state))
                 raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
 
-        result = train(
-            built.model,
-            built.cfg,
-            self.data,
-            on_epoch,
-            resume=resume,
-            precision=precision,
-            on_batch=lease.on_batch,
-        )
+        return on_epoch
+
+    def _finish(self, lease: Lease, built: Built, result: TrainResult) -> list[float]:
+        """Test accuracy (measured once, only recorded), history, and the objectives' values."""
         test = accuracy(built.model, self.data.test_x, self.data.test_y)
         history = {"val_history": result.val_history, "epoch_seconds": result.epoch_seconds}
+        n_params = sum(p.numel() for p in built.model.parameters())
         measured = {"accuracy": result.val_accuracy, "params": float(n_params)}
         extra: dict[str, Any] = {"test_accuracy": test, "epochs_trained": result.epochs_run}
-        if "latency" in spec.objectives:
+        if "latency" in self.spec.objectives:
             extra |= latency.measure(built.model, self.data.test_x)
             measured["latency"] = extra["latency_ms"]
 
         def finish() -> None:
-            _record_history(trial, history)
-            _set_attrs(trial, extra)
+            _record_history(lease.trial, history)
+            _set_attrs(lease.trial, extra)
 
         lease.record("finishing it", finish)
-        return [measured[o] for o in spec.objectives]
+        return [measured[o] for o in self.spec.objectives]
 
     def _resume(self, lease: Lease) -> tuple[Pointer, dict[str, Any] | None]:
         """This attempt's checkpoint files, and the predecessor's state to resume from, if any."""

@@ -239,6 +239,49 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return int(correct) / max(1, len(x))
 
 
+@dataclass
+class _Parts:
+    """What one train() call trains with, and everything a checkpoint must restore."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | None
+    # A private generator for batch order: the global RNG also feeds init and dropout, and the
+    # two must be restorable independently for a resumed run to match an uninterrupted one.
+    gen: torch.Generator
+    # Augmentation draws from a third generator (on the data's device, so a GPU never waits on
+    # a host copy): switching it on changes neither the batch order nor dropout's draws.
+    augment: Augmenter | None
+
+    def restore(self, resume: dict[str, Any], result: TrainResult) -> int:
+        """Load a checkpoint's states; returns the epoch it was taken after."""
+        self.model.load_state_dict(resume["model"])
+        self.opt.load_state_dict(resume["optimizer"])
+        if self.sched is not None and resume.get("scheduler") is not None:
+            self.sched.load_state_dict(resume["scheduler"])
+        self.gen.set_state(resume["batch_rng"])
+        if self.augment is not None:
+            self.augment.set_state(resume["augment_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        result.val_history = list(resume["val_history"])
+        result.epoch_seconds = list(resume["epoch_seconds"])
+        result.val_accuracy = result.val_history[-1] if result.val_history else 0.0
+        return int(resume["epoch"])
+
+    def state(self, epoch: int, result: TrainResult) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "batch_rng": self.gen.get_state(),
+            "augment_rng": self.augment.get_state() if self.augment is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "val_history": list(result.val_history),
+            "epoch_seconds": list(result.epoch_seconds),
+        }
+
+
 def train(
     model: nn.Module,
     cfg: TrainConfig,
@@ -258,65 +301,22 @@ def train(
         raise ValueError("epochs and batch_size must be at least 1")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    device = data.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data.train_x) / cfg.batch_size)
-    sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
-    # A private generator for batch order: the global RNG also feeds init and dropout, and the
-    # two must be restorable independently for a resumed run to match an uninterrupted one.
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    # Augmentation draws from a third generator (on the data's device, so a GPU never waits on
-    # a host copy): switching it on changes neither the batch order nor dropout's draws.
-    augment = Augmenter(cfg.augment, cfg.seed, device) if cfg.augment.active else None
+    parts = _Parts(
+        model=model,
+        opt=opt,
+        sched=make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch),
+        gen=torch.Generator(device="cpu").manual_seed(cfg.seed),
+        augment=Augmenter(cfg.augment, cfg.seed, data.device) if cfg.augment.active else None,
+    )
     result = TrainResult(epochs_run=0, val_accuracy=0.0)
-    start_epoch = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if sched is not None and resume.get("scheduler") is not None:
-            sched.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["batch_rng"])
-        if augment is not None:
-            augment.set_state(resume["augment_rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        start_epoch = int(resume["epoch"])
-        result.val_history = list(resume["val_history"])
-        result.epoch_seconds = list(resume["epoch_seconds"])
-        result.val_accuracy = result.val_history[-1] if result.val_history else 0.0
-
-    n = len(data.train_x)
+    start_epoch = parts.restore(resume, result) if resume is not None else 0
     model.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        diverged = False
-        for i in range(0, n, cfg.batch_size):
-            # index_select per batch: a row memcpy into a fresh batch that is still in cache
-            # when the model reads it. Shuffling the whole split with `x[perm]` once per epoch
-            # (advanced indexing) took 90-260 ms of a 0.15-0.35 s MLP epoch on one CPU thread,
-            # 3,125 batch-16 index_selects 19 ms, and it needs no second copy of the images.
-            idx = perm[i : i + cfg.batch_size]
-            xb, yb = data.train_x.index_select(0, idx), data.train_y.index_select(0, idx)
-            if augment is not None:
-                xb = augment(xb)  # a new tensor: data.train_x itself is never changed
-            with autocast:
-                out = model(xb)
-            # The loss in float32 (autocast would keep a bf16 MSE's sum in bf16).
-            loss = loss_fn(out.float(), yb, cfg.loss, cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.detach()
-            if on_batch is not None:
-                on_batch()
-        # One host sync per epoch, not per batch: reading the loss each step stalls a GPU.
-        mean_loss = float(total) / steps_per_epoch
-        if not math.isfinite(mean_loss):
-            diverged = True
+        mean_loss = _epoch(parts, cfg, data, precision, on_batch) / steps_per_epoch
+        diverged = not math.isfinite(mean_loss)
         seconds = time.perf_counter() - t0
         val = accuracy(model, data.val_x, data.val_y)
         result.epochs_run += 1
@@ -326,20 +326,48 @@ def train(
         result.diverged = diverged
 
         def state(epoch: int = epoch) -> dict[str, Any]:
-            return {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "batch_rng": gen.get_state(),
-                "augment_rng": augment.get_state() if augment is not None else None,
-                "torch_rng": torch.get_rng_state(),
-                "val_history": list(result.val_history),
-                "epoch_seconds": list(result.epoch_seconds),
-            }
+            return parts.state(epoch, result)
 
         if on_epoch is not None:
             on_epoch(EpochEnd(epoch, val, mean_loss, seconds, diverged, state))
         if diverged:
             break
     return result
+
+
+def _epoch(
+    parts: _Parts,
+    cfg: TrainConfig,
+    data: Data,
+    precision: str,
+    on_batch: Callable[[], None] | None,
+) -> float:
+    """One pass over the training split in a new order; the sum of the batches' losses."""
+    device = data.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    n = len(data.train_x)
+    perm = torch.randperm(n, generator=parts.gen).to(device)
+    total = torch.zeros((), device=device)
+    for i in range(0, n, cfg.batch_size):
+        # index_select per batch: a row memcpy into a fresh batch that is still in cache when
+        # the model reads it. Shuffling the whole split with `x[perm]` once per epoch (advanced
+        # indexing) took 90-260 ms of a 0.15-0.35 s MLP epoch on one CPU thread, 3,125 batch-16
+        # index_selects 19 ms, and it needs no second copy of the images.
+        idx = perm[i : i + cfg.batch_size]
+        xb, yb = data.train_x.index_select(0, idx), data.train_y.index_select(0, idx)
+        if parts.augment is not None:
+            xb = parts.augment(xb)  # a new tensor: data.train_x itself is never changed
+        with autocast:
+            out = parts.model(xb)
+        # The loss in float32 (autocast would keep a bf16 MSE's sum in bf16).
+        loss = loss_fn(out.float(), yb, cfg.loss, cfg.label_smoothing)
+        parts.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        parts.opt.step()
+        if parts.sched is not None:
+            parts.sched.step()
+        total += loss.detach()
+        if on_batch is not None:
+            on_batch()
+    # One host sync per epoch, not per batch: reading the loss each step stalls a GPU.
+    return float(total)
