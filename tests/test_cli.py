@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import SMALL_SPEC, run_cli, write_spec
 
@@ -162,19 +161,6 @@ def test_every_command_and_option_has_help() -> None:
     r = run_cli("work", "--help")
     for flag in ("--heartbeat", "--grace", "--storage-wait", "--stop-wait", "MNIST_HPO_GRACE"):
         assert flag in r.stdout, flag
-
-
-def test_bf16_is_refused_where_the_hardware_would_emulate_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from mnist_hpo import device
-    from mnist_hpo.errors import HpoError
-
-    monkeypatch.setattr(device, "bf16_native", lambda device: False)
-    with pytest.raises(HpoError, match="no native bfloat16.*use --precision auto or fp32"):
-        device.check_precision("bf16", torch.device("cpu"))
-    device.check_precision("auto", torch.device("cpu"))  # auto falls back to fp32 by itself
-    device.check_precision("fp32", torch.device("cpu"))
 
 
 def test_delete_study_removes_the_checkpoints_its_trials_left(
