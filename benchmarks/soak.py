@@ -62,6 +62,9 @@ validation_size = 500
 batch_size = [32, 64]
 """
 GRACE = 5  # seconds (heartbeat 1 s), as in the tests
+# How long a due fault waits for a worker in the middle of a trial before it hits any worker: on
+# a busy machine workers spend seconds importing PyTorch, and hitting one then tests nothing.
+BUSY_WAIT = 30.0
 PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -124,6 +127,8 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             }
             busy = [p for p in alive if str(p.pid) in running]
+            if not busy and time.monotonic() < next_kill + BUSY_WAIT:
+                continue  # every worker is starting up or between trials: look again shortly
             victim = rng.choice(busy or alive)
             victim.send_signal(args.sig)
             if args.sig == signal.SIGSTOP:
