@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mnist_hpo.hyperparams import sample_training
+from mnist_hpo.seeds import number_seed
 from mnist_hpo.space import Hyper, TrialLike
 from mnist_hpo.spec import StudySpec
 from mnist_hpo.train import TrainConfig, prepare
@@ -29,7 +30,7 @@ class Built:
 
 def trial_seed(spec: StudySpec, number: int, user_attrs: Mapping[str, Any]) -> int:
     """The seed a trial trains with; a retry inherits its user attrs, seed included."""
-    return int(user_attrs.get("seed", spec.seed + number))
+    return int(user_attrs.get("seed", number_seed(spec.seed, number)))
 
 
 def ask_all(spec: StudySpec, trial: TrialLike, seed: int = 0) -> tuple[Any, TrainConfig]:

@@ -16,6 +16,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_hpo.seeds import number_seed
+
 Options = Mapping[str, Any]
 
 # Median pruning defaults: 5 finished trials before judging anyone, and never after epoch 1
@@ -104,7 +106,7 @@ def make_sampler(
 
 
 class PerTrialSeed(BaseSampler):
-    """Delegates to a sampler rebuilt with seed `seed + trial.number` before each trial.
+    """Delegates to a sampler rebuilt with `number_seed(seed, trial.number)` before each trial.
 
     One fixed seed in every worker would make all workers draw the same random start-up
     points (TPE's first 10 trials are random), so parallel studies would run duplicates. A
@@ -119,7 +121,7 @@ class PerTrialSeed(BaseSampler):
         self._inner = build(seed)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._inner = self._build(self._seed + trial.number)
+        self._inner = self._build(number_seed(self._seed, trial.number))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(
