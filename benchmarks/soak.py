@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import study as study_mod
 from mnist_hpo.resilience import storage as storage_mod
@@ -83,6 +83,7 @@ class Outcome:
     taken_over: int = 0  # "was taken over by another worker" lines: a live worker judged dead
     leftovers: tuple[str, ...] = ()  # checkpoint files left, by name
     bad_codes: tuple[int, ...] = ()  # unexpected worker exit codes
+    unretried: tuple[str, ...] = ()  # each FAIL trial without a finished retry, and its retries
 
 
 def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> Outcome:
@@ -178,6 +179,11 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         "bad exit codes": bad_exits,
     }
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    unretried = tuple(
+        describe_unretried(t, trials)
+        for t in trials
+        if t.state == TrialState.FAIL and t.number not in retried_ok
+    )
     return Outcome(
         seconds=seconds,
         complete=sum(t.state == TrialState.COMPLETE for t in trials),
@@ -192,6 +198,21 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         taken_over=taken_over,
         leftovers=tuple(sorted(leftovers)),
         bad_codes=tuple(bad_codes),
+        unretried=unretried,
+    )
+
+
+def describe_unretried(failed: FrozenTrial, trials: list[FrozenTrial]) -> str:
+    """One line on a FAIL trial nothing finished for: when, how far, and its retries' fate."""
+    retries = [
+        f"#{t.number} {t.state.name}"
+        for t in trials
+        if failed.number in t.system_attrs.get("retry_history", [])
+    ]
+    return (
+        f"trial {failed.number}: started {failed.datetime_start}, failed "
+        f"{failed.datetime_complete}, {len(failed.intermediate_values)} epochs, "
+        f"attrs {sorted(failed.user_attrs)}, retries {retries or 'none'}"
     )
 
 
@@ -228,6 +249,8 @@ def report(backend: str, label: str, o: Outcome, trials: int) -> None:
         print(f"    files left: {', '.join(o.leftovers)}")
     if o.bad_codes:
         print(f"    exit codes: {', '.join(map(str, o.bad_codes))}")
+    for line in o.unretried:
+        print(f"    {line}")
 
 
 def main() -> int:
