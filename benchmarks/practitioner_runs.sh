@@ -30,7 +30,9 @@ for b in (best if isinstance(best, list) else [best]):
 
 "$cli" create-study cnn_20k && run cnn_20k
 "$cli" create-study cnn_pareto && run cnn_pareto
-sed 's/^pruner = "median"/pruner = "none"/' studies/cnn_pareto.toml > "$tmp/cnn_pareto_unpruned.toml"
+# No pruner, so none of its options either.
+sed -e 's/^pruner = "median"/pruner = "none"/' -e '/^\[pruner_options\]/,/^$/d' studies/cnn_pareto.toml \
+  > "$tmp/cnn_pareto_unpruned.toml"
 "$cli" create-study "$tmp/cnn_pareto_unpruned.toml" && run cnn_pareto_unpruned
 "$cli" create-study fashion_cnn && run fashion_cnn --data-dir "${MNIST_HPO_FASHION:?set MNIST_HPO_FASHION}"
 
