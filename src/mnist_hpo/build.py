@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -26,6 +27,10 @@ class Built:
     arch: Any  # the family's Config
     cfg: TrainConfig
     model: nn.Module  # freshly initialised from the seed, on its device
+
+    @cached_property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
 
 
 def trial_seed(spec: StudySpec, number: int, user_attrs: Mapping[str, Any]) -> int:

@@ -82,7 +82,7 @@ class Objective:
             or pick_precision(self.precision, built.model, built.cfg.batch_size, self.data.device)
         )
         pointer, resume = self._resume(lease)
-        n_params = sum(p.numel() for p in built.model.parameters())
+        n_params = built.n_params
         attrs: dict[str, Any] = {
             "seed": seed,
             "n_params": n_params,
@@ -137,8 +137,7 @@ class Objective:
         """Test accuracy (measured once, only recorded), history, and the objectives' values."""
         test = accuracy(built.model, self.data.test_x, self.data.test_y)
         history = {"val_history": result.val_history, "epoch_seconds": result.epoch_seconds}
-        n_params = sum(p.numel() for p in built.model.parameters())
-        measured = {"accuracy": result.val_accuracy, "params": float(n_params)}
+        measured = {"accuracy": result.val_accuracy, "params": float(built.n_params)}
         extra: dict[str, Any] = {"test_accuracy": test, "epochs_trained": result.epochs_run}
         if "latency" in self.spec.objectives:
             extra |= latency.measure(built.model, self.data.test_x)
