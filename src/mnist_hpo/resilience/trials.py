@@ -302,6 +302,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):
+            # The beat is dated when it starts, not when its write returns: a worker paused
+            # (SIGSTOP, a VM suspend) in the middle of a write finishes it on waking, and dating
+            # it then reported "stalled for 0 s" after a 6 s pause (a CI run of test_crash).
+            began = time.monotonic()
             try:
                 if self.storage.get_trial(self.trial_id).state != TrialState.RUNNING:
                     self.lost.set()
@@ -311,4 +315,4 @@ class Heartbeat:
                 # A missed beat (the database restarting); the grace period covers several. A
                 # lasting fault shows up on the main thread's own next write as an error line.
                 continue
-            self.last_beat = time.monotonic()
+            self.last_beat = began
