@@ -14,6 +14,8 @@ Then it counts what a user would care about:
   checkpoint (epochs not trained again);
 - lost: trials left RUNNING or WAITING, FAIL trials without a finished retry, budget not met,
   checkpoint files left behind. It must be 0 for every item; the script exits 1 otherwise.
+  A retry chain the soak itself killed MAX_RETRY + 1 times is given up by design (a trial
+  that kills 4 workers in a row is not run a 5th time); it is counted and shown apart.
 
 The objective is the real one on a tiny slice of real MNIST (perceptron, 2,000 training images,
 4 epochs), so each trial takes a second or two and the faults hit every phase of a trial.
@@ -48,6 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import study as study_mod
 from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.resilience.retries import MAX_RETRY, chain
 from mnist_hpo.spec import load_spec
 
 SPEC = """
@@ -84,6 +87,7 @@ class Outcome:
     leftovers: tuple[str, ...] = ()  # checkpoint files left, by name
     bad_codes: tuple[int, ...] = ()  # unexpected worker exit codes
     unretried: tuple[str, ...] = ()  # each FAIL trial without a finished retry, and its retries
+    given_up: int = 0  # trials of chains whose worker the soak killed MAX_RETRY + 1 times
 
 
 def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> Outcome:
@@ -114,6 +118,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
     rng = random.Random(args.seed)
     procs = [spawn() for _ in range(args.workers)]
     done_kills = 0
+    killed: set[int] = set()  # pids of the workers this run killed
     next_kill = time.monotonic() + rng.uniform(8, 12)  # workers take ~5 s to start
     while any(p.poll() is None for p in procs):
         time.sleep(0.2)
@@ -132,6 +137,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
                 continue  # every worker is starting up or between trials: look again shortly
             victim = rng.choice(busy or alive)
             victim.send_signal(args.sig)
+            killed.add(victim.pid)
             if args.sig == signal.SIGSTOP:
                 time.sleep(GRACE + 2)  # past the grace: another worker takes its trial over
                 victim.send_signal(signal.SIGCONT)
@@ -165,25 +171,24 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
     }
     retries = [t for t in trials if t.system_attrs.get("retry_history")]
     done = [t for t in trials if t.state in finished]
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried_ok]
+    # By design, not lost: a chain whose worker died MAX_RETRY + 1 times is given up (a trial
+    # that kills 4 workers in a row would kill the next one), and a SIGKILL soak can do that to
+    # an innocent trial. Counted apart when every death in the chain was one of our kills.
+    by_design = killed_out(trials, killed) if args.sig == signal.SIGKILL else set()
     leftovers = [p.name for p in artifacts.iterdir()] if artifacts.is_dir() else []
     lost = {
         "left RUNNING/WAITING": sum(
             t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials
         ),
-        "FAIL without a finished retry": sum(
-            t.state == TrialState.FAIL and t.number not in retried_ok for t in trials
-        ),
+        "FAIL without a finished retry": sum(t.number not in by_design for t in failed),
         "budget shortfall": max(0, args.trials - len(done)),
         "checkpoint files left": len(leftovers),
         "worker errors in logs": errors,
         "bad exit codes": bad_exits,
     }
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    unretried = tuple(
-        describe_unretried(t, trials)
-        for t in trials
-        if t.state == TrialState.FAIL and t.number not in retried_ok
-    )
+    unretried = tuple(describe_unretried(t, trials, by_design) for t in failed)
     return Outcome(
         seconds=seconds,
         complete=sum(t.state == TrialState.COMPLETE for t in trials),
@@ -199,11 +204,33 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         leftovers=tuple(sorted(leftovers)),
         bad_codes=tuple(bad_codes),
         unretried=unretried,
+        given_up=len(by_design),
     )
 
 
-def describe_unretried(failed: FrozenTrial, trials: list[FrozenTrial]) -> str:
-    """One line on a FAIL trial nothing finished for: when, how far, and its retries' fate."""
+def killed_out(trials: list[FrozenTrial], killed: set[int]) -> set[int]:
+    """Numbers of the FAIL trials in chains given up after MAX_RETRY + 1 deaths, each one a
+    worker this soak killed (its pid in the trial's "worker" attr)."""
+    by_number = {t.number: t for t in trials}
+    out: set[int] = set()
+    for last in trials:
+        numbers = chain(last)
+        if len(numbers) != MAX_RETRY + 1 or last.state != TrialState.FAIL:
+            continue
+        members = [by_number[n] for n in numbers if n in by_number]
+        pids = [str(t.user_attrs.get("worker", "")).rsplit(":", 1)[-1] for t in members]
+        if (
+            len(members) == len(numbers)
+            and all(t.state == TrialState.FAIL and "error" not in t.user_attrs for t in members)
+            and all(pid.isdigit() and int(pid) in killed for pid in pids)
+        ):
+            out.update(numbers)
+    return out
+
+
+def describe_unretried(failed: FrozenTrial, trials: list[FrozenTrial], by_design: set[int]) -> str:
+    """One line on a FAIL trial nothing finished for: when, how far, its worker, and its
+    retries' fate."""
     retries = [
         f"#{t.number} {t.state.name}"
         for t in trials
@@ -212,7 +239,13 @@ def describe_unretried(failed: FrozenTrial, trials: list[FrozenTrial]) -> str:
     return (
         f"trial {failed.number}: started {failed.datetime_start}, failed "
         f"{failed.datetime_complete}, {len(failed.intermediate_values)} epochs, "
-        f"attrs {sorted(failed.user_attrs)}, retries {retries or 'none'}"
+        f"worker {failed.user_attrs.get('worker', '?')}, error "
+        f"{failed.user_attrs.get('error', 'none')!r}, retries {retries or 'none'}"
+        + (
+            f" (given up after {MAX_RETRY + 1} kills, by design)"
+            if failed.number in by_design
+            else ""
+        )
     )
 
 
@@ -240,6 +273,11 @@ def report(backend: str, label: str, o: Outcome, trials: int) -> None:
         f"best val {100 * o.best_val:.2f}%  kills {o.kills}  retries {o.retries} "
         f"(resumed {o.resumed}, {o.epochs_saved} epochs not retrained)  "
         f"lost {sum(o.lost.values())}"
+        + (
+            f"  (given up after {MAX_RETRY + 1} kills, by design: {o.given_up})"
+            if o.given_up
+            else ""
+        )
         + (f"  (live workers judged dead: {o.taken_over})" if o.taken_over else "")
     )
     for kind, n in o.lost.items():

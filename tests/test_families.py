@@ -127,6 +127,7 @@ SHARED_LEVERS: dict[str, dict[str, object]] = {
     "label_smoothing": {"label_smoothing": 0.1},
     "onecycle": {"schedule": "onecycle", "warmup": 0.3},
     "warmup_cosine": {"schedule": "warmup_cosine", "warmup": 0.1},
+    "train_epochs": {"train_epochs": 1},  # of the lever spec's 2 epochs
 }
 OWN_LEVERS: dict[str, dict[str, dict[str, object]]] = {
     "simple_mlp": {"batch_norm": {"batch_norm": True}},
@@ -142,6 +143,8 @@ OWN_LEVERS: dict[str, dict[str, dict[str, object]]] = {
         "pool_avg": {"pool": "avg"},
         "head_gap": {"head": "gap", "lr": 0.01},  # a GAP head starts slower: a larger step
         "convs_per_block": {"convs_per_block": 2},
+        # Two blocks: three of 5x5 without padding leave no map (28 -> 24 -> 12 -> 8 -> 4 -> 0).
+        "padding_valid": {"padding": "valid", "n_blocks": 2},
     },
 }
 # Every parameter that existed before the levers: the rest must each be covered above.
@@ -196,7 +199,7 @@ def _lever_spec(family: str, values: dict[str, object], extra: dict[str, object]
     from mnist_hpo.spec import parse
 
     return parse(
-        {"family": family, "epochs": 1, "n_trials": 1, "params": {**(extra or {}), **values}},
+        {"family": family, "epochs": 2, "n_trials": 1, "params": {**(extra or {}), **values}},
         source="test",
         default_name="lever",
     )
@@ -271,3 +274,22 @@ def small_mnist(raw_mnist: object) -> object:
     from mnist_hpo import data
 
     return data.split(raw_mnist, validation_size=1000, train_size=3000)  # type: ignore[arg-type]
+
+
+def test_valid_padding_that_leaves_no_map_is_one_sentence() -> None:
+    from mnist_hpo.families import cnn
+
+    arch = cnn.Config(
+        channels=(8, 8, 8), kernel_size=7, fc_widths=(), dropout=0.0, batch_norm=False,
+        padding="valid",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"leave no map to pool in block 3; use fewer blocks"):
+        cnn.build(arch)
+    fast = cnn.build(cnn.Config(  # FRONTIER's fast net: 28 -> 24 -> 12 -> 10 -> 5
+        channels=(16, 32), kernel_size=5, kernel_sizes=(5, 3), fc_widths=(256,), dropout=0.1,
+        batch_norm=True, padding="valid",
+    ))  # fmt: skip
+    assert fast(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in fast.parameters()) == 16 * 26 + 32 * (16 * 9 + 1) + 2 * 48 + (
+        800 * 256 + 256 + 2570
+    )

@@ -108,6 +108,11 @@ class Objective:
         """What happens after each epoch: still ours? checkpoint, report, stop? prune?"""
         trial = lease.trial
         reported = set(lease.frozen.intermediate_values)  # a retry inherits the epochs reported
+        # A trial of fewer train_epochs than the study's anneals its schedule sooner, so it
+        # leads the others at the same epoch (simple_mlp, one-cycle: 2 of 4 epochs ahead at
+        # epoch 1, and hyperband pruned the 4-epoch trial on it): it is short by choice, so it
+        # neither asks the pruner nor, never asking, records a rung the others are judged by.
+        judged = epochs >= self.spec.epochs
 
         def on_epoch(e: EpochEnd) -> None:
             lease.before_checkpoint()
@@ -127,7 +132,7 @@ class Objective:
             if e.diverged or e.epoch >= epochs:
                 return
             lease.after_epoch()
-            if lease.record("asking the pruner", lease.should_prune):
+            if judged and lease.record("asking the pruner", lease.should_prune):
                 lease.record("finishing it", lambda: _record_history(trial, state))
                 raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cached_property
 from importlib import resources
@@ -84,7 +84,7 @@ class StudySpec:
     @cached_property
     def overrides(self) -> dict[str, Override]:
         """params and grid as Override objects (already validated when the spec was parsed)."""
-        declared = declared_params(self.family_def)
+        declared = declared_params(self.family_def, self.epochs)
         return {
             k: check_override(k, v, declared[k]) for k, v in {**self.params, **self.grid}.items()
         }
@@ -113,14 +113,15 @@ class StudySpec:
         return parse(dict(data), source=source, default_name=str(data.get("name", "")), stored=True)
 
 
-def declared_params(family: Family) -> dict[str, Param]:
+def declared_params(family: Family, epochs: int = MAX_EPOCHS) -> dict[str, Param]:
     """Every parameter a spec may name for this family: its architecture plus training, under
-    every value a spec may pick (warmup exists only for the warm-up schedules, for example)."""
-    return explore([family.sample, _training], every_allowed=True)
+    every value a spec may pick (warmup exists only for the warm-up schedules, for example).
+    `epochs`: the spec's, which bounds train_epochs."""
+    return explore([family.sample, _training(epochs)], every_allowed=True)
 
 
-def _training(hp: Any) -> object:
-    return sample_training(hp, epochs=1, seed=0)
+def _training(epochs: int) -> Callable[[Any], object]:
+    return lambda hp: sample_training(hp, epochs=epochs, seed=0)
 
 
 _KEYS = {f.name for f in fields(StudySpec)}
@@ -264,7 +265,7 @@ def parse(
     check.goals()
     check.algorithm_options()
     family = FAMILIES[data["family"]]
-    declared = declared_params(family)
+    declared = declared_params(family, data["epochs"])
     overrides = check.overrides(family, declared)
     check.enqueue(family, declared, overrides, stored=stored)
     check.split_size()
@@ -438,7 +439,7 @@ class _Checker:
         # stored before the parameter existed still validates.
         open_params = sorted(
             n
-            for n, p in explore([family.sample, _training], overrides).items()
+            for n, p in explore([family.sample, _training(self.data["epochs"])], overrides).items()
             if not isinstance(overrides.get(n), Pin)
             and n not in grid
             and (n in overrides or single_value(p) is None)

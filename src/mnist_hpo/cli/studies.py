@@ -262,13 +262,14 @@ def delete_study(
 def families() -> None:
     """The model families and the parameters each one searches."""
     from mnist_hpo.families import FAMILIES
+    from mnist_hpo.hyperparams import SPEC_DEPENDENT
     from mnist_hpo.spec import declared_params
 
     for fam in FAMILIES.values():
         typer.secho(fam.name, bold=True, nl=False)
         typer.echo(f": {fam.summary}")
         for name, param in sorted(declared_params(fam).items()):
-            typer.echo(f"    {name:<14} {param.describe()}")
+            typer.echo(f"    {name:<14} {SPEC_DEPENDENT.get(name) or param.describe()}")
 
 
 @app.command("studies")
