@@ -58,6 +58,8 @@ def run(
     precision: str = "auto",
     verbose: bool = False,
 ) -> Run:
+    if "train_epochs" in params:  # `epochs` is how long to train here, the trial's own length
+        params = {**params, "train_epochs": epochs}
     spec = pinned_spec(family, epochs, params)
     built = build_trial(spec, Fixed(params), seed, data.device)  # as a trial does
     model, cfg = built.model, built.cfg

@@ -50,12 +50,25 @@ def toml_value(v: Any) -> str:
     return repr(v)
 
 
+def clamp_train_epochs(spec: dict[str, Any]) -> None:
+    """With fewer --epochs than the shipped spec's, no trial may train more than that (a fast
+    net's 2 stays 2, a full trial's 24 becomes the new epochs)."""
+    epochs = spec["epochs"]
+    searched = spec.get("params", {}).get("train_epochs")
+    if isinstance(searched, list):
+        spec["params"]["train_epochs"] = sorted({min(v, epochs) for v in searched})
+    for entry in spec.get("enqueue", []):
+        if "train_epochs" in entry:
+            entry["train_epochs"] = min(entry["train_epochs"], epochs)
+
+
 def write_spec(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     spec = tomllib.loads((ROOT / "studies" / f"{args.family}.toml").read_text())
     # 0 / "" keep the shipped spec's value.
     given = {"n_trials": args.trials, "epochs": args.epochs, "pruner": args.pruner}
     spec.update({k: v for k, v in given.items() if v}, seed=args.seed)
     spec.update(tomllib.loads(args.extra))
+    clamp_train_epochs(spec)
     lines = [f"{k} = {toml_value(v)}" for k, v in spec.items() if k != "enqueue"]
     for params in spec.get("enqueue", []):
         lines += ["[[enqueue]]"] + [f"{k} = {toml_value(v)}" for k, v in params.items()]

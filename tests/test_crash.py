@@ -452,6 +452,35 @@ def test_stops_never_use_up_the_retry_allowance_but_crashes_do(tmp_path: Path) -
     assert last.intermediate_values == {1: 0.5}
 
 
+def test_a_retry_that_died_before_its_first_epoch_passes_on_the_older_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # Trial 0 checkpoints epoch 1 and dies; its retry (trial 1) resumes from it, names its own
+    # files, and dies before finishing an epoch; trial 2 must still resume after epoch 1 (the
+    # file is trial 0's), not start from scratch.
+    from mnist_hpo.checkpoints import Checkpoints
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(url, tmp_path, ONE_TRIAL)
+    study, _ = study_mod.load(storage_mod.open_storage(url), "crash")
+    checkpoints = Checkpoints.at(str(tmp_path / "artifacts"))
+    first = study.ask()
+    first.set_user_attr("checkpoint", Pointer("k", first.number).to_attr())
+    checkpoints.save(Pointer("k", first.number), 1, {"epoch": 1, "w": torch.ones(3)})
+    first.report(0.5, 1)
+    failed = study.tell(first, state=TrialState.FAIL)
+    assert retries.requeue(study, failed, stopped=False)
+    second = study.ask()
+    second.set_user_attr("checkpoint", Pointer("k", second.number).to_attr())
+    assert retries.requeue(study, study.tell(second, state=TrialState.FAIL), stopped=False)
+    third = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert Pointer.of(third) == Pointer("k", 1) and max(third.intermediate_values) == 1
+    with pytest.raises(LookupError, match="is not in"):
+        checkpoints.load(Pointer("k", 1), 1)  # the newest attempt never wrote epoch 1
+    state = checkpoints.load_inherited(third, 1)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
 def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
     tmp_path: Path, mnist_dir: Path
 ) -> None:

@@ -114,6 +114,23 @@ class Checkpoints:
             raise LookupError(f"checkpoint {name} in {self.location} is not a trial checkpoint")
         return state
 
+    def load_inherited(self, trial: FrozenTrial, epoch: int) -> dict[str, Any]:
+        """The checkpoint of `epoch` that a retry inherits, from whichever attempt of its
+        chain wrote it, newest first. A retry writes only the epochs it trains: if it died
+        before its first one, the epoch it resumed from is still in an older attempt's files."""
+        pointer = Pointer.of(trial)
+        if pointer is None:
+            raise LookupError("the trial names no checkpoint")
+        attempts = [pointer.attempt, *reversed(trial.system_attrs.get("retry_history", []))]
+        first: LookupError | None = None
+        for attempt in dict.fromkeys([*attempts, None]):  # None: files before attempts had names
+            try:
+                return self.load(Pointer(pointer.key, attempt), epoch)
+            except LookupError as e:
+                first = first or e
+        assert first is not None
+        raise first
+
     def remove(self, pointer: Pointer, epochs: range) -> int:
         """Delete these epochs' files (missing ones are fine); how many there were."""
         removed = 0

@@ -167,7 +167,7 @@ class Objective:
         if epoch < 1:
             return mine, None
         try:
-            return mine, self.checkpoints.load(inherited, epoch)
+            return mine, self.checkpoints.load_inherited(frozen, epoch)
         except LookupError as e:
             self.listener(
                 Note(
