@@ -121,15 +121,16 @@ class Checkpoints:
         pointer = Pointer.of(trial)
         if pointer is None:
             raise LookupError("the trial names no checkpoint")
-        attempts = [pointer.attempt, *reversed(trial.system_attrs.get("retry_history", []))]
-        first: LookupError | None = None
-        for attempt in dict.fromkeys([*attempts, None]):  # None: files before attempts had names
+        history = reversed(trial.system_attrs.get("retry_history", []))
+        # None last: files written before attempts had names.
+        attempts = dict.fromkeys([pointer.attempt, *history, None])
+        missing: list[LookupError] = []
+        for attempt in attempts:
             try:
                 return self.load(Pointer(pointer.key, attempt), epoch)
             except LookupError as e:
-                first = first or e
-        assert first is not None
-        raise first
+                missing.append(e)
+        raise missing[0]  # the newest attempt's reason
 
     def remove(self, pointer: Pointer, epochs: range) -> int:
         """Delete these epochs' files (missing ones are fine); how many there were."""

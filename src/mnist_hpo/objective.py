@@ -109,9 +109,10 @@ class Objective:
         trial = lease.trial
         reported = set(lease.frozen.intermediate_values)  # a retry inherits the epochs reported
         # A trial of fewer train_epochs than the study's anneals its schedule sooner, so it
-        # leads the others at the same epoch (simple_mlp, one-cycle: 2 of 4 epochs ahead at
-        # epoch 1, and hyperband pruned the 4-epoch trial on it): it is short by choice, so it
-        # neither asks the pruner nor, never asking, records a rung the others are judged by.
+        # leads the others at the same epoch (tests/test_train_epochs.py: without this rule
+        # hyperband pruned the 4-epoch one-cycle trial against the 2-epoch one). It is short
+        # by choice: it neither asks the pruner nor, never asking, records a rung the others
+        # are judged by.
         judged = epochs >= self.spec.epochs
 
         def on_epoch(e: EpochEnd) -> None:
