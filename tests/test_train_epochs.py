@@ -13,9 +13,10 @@ from mnist_hpo import study as study_mod
 from mnist_hpo import worker
 from mnist_hpo.build import ask_all
 from mnist_hpo.errors import UsageError
+from mnist_hpo.resilience.retries import requeue
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.space import Fixed
-from mnist_hpo.spec import load_spec
+from mnist_hpo.spec import PINS_ATTR, load_spec
 
 SPEC = """
 family = "simple_mlp"
@@ -89,12 +90,37 @@ def test_by_default_a_trial_trains_the_spec_epochs_also_when_rebuilt_from_old_pa
     ("params", "enqueue", "says"),
     [
         ("train_epochs = [2, 5]", "", "train_epochs"),
-        ("", "[[enqueue]]\ntrain_epochs = 2\n", "outside the searched range"),
+        ("train_epochs = [3, 4]", "[[enqueue]]\ntrain_epochs = 2\n", "as a range \\(not a list"),
+        ("", "[[enqueue]]\nlr = 0.1\n", "outside the searched range"),
     ],
 )
-def test_more_epochs_than_the_study_or_an_unsearched_short_start_is_one_sentence(
+def test_more_epochs_than_the_study_or_an_enqueued_value_it_cannot_pin_is_one_sentence(
     tmp_path: Path, params: str, enqueue: str, says: str
 ) -> None:
     with pytest.raises(UsageError, match=says) as e:
         load_spec(str(_spec(tmp_path, params, enqueue)))
     assert "\n" not in str(e.value)
+
+
+def test_a_short_start_the_search_never_draws_trains_its_epochs_also_when_retried(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """The spec searches no train_epochs (every sampled trial trains all 4); the enqueued
+    block's 2 is that trial's own pin, which its retry inherits."""
+    spec_file = _spec(tmp_path, "", "[[enqueue]]\ntrain_epochs = 2\n")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url)
+    study_mod.create(storage, load_spec(str(spec_file)))
+    study, spec = study_mod.load(storage, "short")
+    first = study.ask()
+    assert first.user_attrs[PINS_ATTR] == {"train_epochs": 2}
+    assert ask_all(spec, first, pins=first.user_attrs[PINS_ATTR])[1].epochs == 2
+    study.tell(first, state=TrialState.FAIL)
+    assert requeue(study, study.trials[0], stopped=True)  # a stopped worker's trial runs again
+    options = worker.WorkOptions(data_dir=mnist_dir, artifacts=str(tmp_path / "art"), wait=False)
+    worker.run(url, "short", options)
+    retry, sampled = study_mod.load(storage, "short")[0].get_trials()[1:]
+    assert retry.state == sampled.state == TrialState.COMPLETE
+    assert retry.params["train_epochs"] == 2 and sorted(retry.intermediate_values) == [1, 2]
+    assert sampled.params["train_epochs"] == 4 and PINS_ATTR not in sampled.user_attrs
+    assert sorted(sampled.intermediate_values) == [1, 2, 3, 4]

@@ -17,7 +17,7 @@ from torch import nn
 
 from mnist_hpo.hyperparams import sample_training
 from mnist_hpo.seeds import number_seed
-from mnist_hpo.space import Hyper, TrialLike
+from mnist_hpo.space import Hyper, Pin, TrialLike
 from mnist_hpo.spec import StudySpec
 from mnist_hpo.train import TrainConfig, prepare
 
@@ -38,16 +38,25 @@ def trial_seed(spec: StudySpec, number: int, user_attrs: Mapping[str, Any]) -> i
     return int(user_attrs.get("seed", number_seed(spec.seed, number)))
 
 
-def ask_all(spec: StudySpec, trial: TrialLike, seed: int = 0) -> tuple[Any, TrainConfig]:
-    """Ask `trial` for every parameter of a trial of this spec: the family's, then training's."""
-    hp = Hyper(trial, spec.overrides)
+def ask_all(
+    spec: StudySpec, trial: TrialLike, seed: int = 0, pins: Mapping[str, Any] | None = None
+) -> tuple[Any, TrainConfig]:
+    """Ask `trial` for every parameter of a trial of this spec: the family's, then training's.
+    `pins`: what this trial alone pins, outside the search (spec.OWN_PINS)."""
+    hp = Hyper(trial, spec.overrides | {n: Pin(v) for n, v in (pins or {}).items()})
     arch = spec.family_def.sample(hp)
     return arch, sample_training(hp, epochs=spec.epochs, seed=seed)
 
 
-def build_trial(spec: StudySpec, trial: TrialLike, seed: int, device: torch.device) -> Built:
+def build_trial(
+    spec: StudySpec,
+    trial: TrialLike,
+    seed: int,
+    device: torch.device,
+    pins: Mapping[str, Any] | None = None,
+) -> Built:
     """Ask `trial` for the family's and the training parameters, then build the model."""
-    arch, cfg = ask_all(spec, trial, seed)
+    arch, cfg = ask_all(spec, trial, seed, pins)
     torch.manual_seed(seed)  # initialisation (and dropout) follow the trial's seed
     model = prepare(spec.family_def.build(arch), device)
     return Built(arch, cfg, model)

@@ -12,7 +12,8 @@ from mnist_hpo.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 WARMUP_SCHEDULES = ("onecycle", "warmup_cosine")
 # What `mnist-hpo families` says of a parameter whose declaration depends on the spec.
 SPEC_DEPENDENT = {
-    "train_epochs": "int, the spec's epochs (a spec may search 1..epochs: shorter trials)",
+    "train_epochs": "int, the spec's epochs (a spec may search 1..epochs, and an [[enqueue]] "
+    "block set fewer for its trial alone)",
 }
 
 
@@ -37,8 +38,9 @@ def sample_training(hp: Hyper, *, epochs: int, seed: int) -> TrainConfig:
     # Usually 0.1 for image classifiers; up to 0.5 may be set, more hides the labels.
     label_smoothing = hp.float("label_smoothing", 0.0, 0.0, limits=(0.0, 0.5))
     # How long this trial trains (its schedule spans them): the study's epochs unless a spec
-    # searches fewer. The cnn spec's fast net, trained 2 epochs of one-cycle, is a completed 99%
-    # trial 11-13 s into the study; trained 24, it first reached 99% at epoch 4, after 27 s.
+    # searches fewer or an [[enqueue]] block pins fewer (spec.OWN_PINS). The cnn spec's fast
+    # net, trained 2 epochs of one-cycle, is a completed 99% trial 11-13 s into the study;
+    # trained 24, it first reached 99% at epoch 4, after 27 s.
     train_epochs = hp.int("train_epochs", epochs, epochs, limits=(1, epochs))
     return TrainConfig(
         epochs=train_epochs,

@@ -25,7 +25,7 @@ from mnist_hpo.errors import ControlFlow, HpoError, Infeasible, TakenOver, Trial
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted
 from mnist_hpo.resilience.retries import original_number
 from mnist_hpo.resilience.trials import Lease
-from mnist_hpo.spec import StudySpec
+from mnist_hpo.spec import PINS_ATTR, StudySpec
 from mnist_hpo.train import EpochEnd, TrainResult, accuracy, pick_precision, train
 
 ERROR_CHARS = 300  # of a trial's error message kept in its `error` user attr
@@ -74,7 +74,9 @@ class Objective:
         seed = trial_seed(spec, trial.number, frozen.user_attrs)
         built = lease.record(
             "sampling its parameters",
-            lambda: build_trial(spec, trial, seed, self.data.device),
+            lambda: build_trial(
+                spec, trial, seed, self.data.device, frozen.user_attrs.get(PINS_ATTR)
+            ),
         )
         # A retry keeps the precision its checkpoint was trained in, as it keeps the seed.
         precision = str(

@@ -26,6 +26,7 @@ from mnist_hpo.space import (
     Override,
     Param,
     Pin,
+    Range,
     admits,
     check_override,
     default_override,
@@ -35,6 +36,12 @@ from mnist_hpo.space import (
 )
 
 MAX_EPOCHS = 1000  # per trial: a sanity bound (the shipped specs train 3-15)
+# Parameters an [[enqueue]] block may set outside the searched range. That trial pins the value
+# for itself (a user attr its retries inherit, read by build.ask_all), so no sampled trial ever
+# draws it. train_epochs: the cnn spec's fast net trains 2 of the study's 24 epochs, while
+# searching [2, 24] let 3-4 of 11 random trials per seed draw 2 and come to nothing.
+OWN_PINS = ("train_epochs",)
+PINS_ATTR = "pinned"  # trial user attr: {name: value} of such parameters
 MAX_TRIALS = 1_000_000  # per study: far above what Optuna's samplers handle (TPE slows past 10k)
 MAX_PARAMS = 10**9  # a parameter budget above a billion is no budget for MNIST models
 
@@ -88,6 +95,21 @@ class StudySpec:
         return {
             k: check_override(k, v, declared[k]) for k, v in {**self.params, **self.grid}.items()
         }
+
+    def enqueued(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each [[enqueue]] block as Optuna params, and the user attrs that pin, for that trial
+        alone, what lies outside the search (see OWN_PINS)."""
+        declared = declared_params(self.family_def, self.epochs)
+        blocks = []
+        for params in self.enqueue:
+            pins = {
+                n: v
+                for n, v in params.items()
+                if n in OWN_PINS
+                and not admits(self.overrides.get(n) or default_override(declared[n]), v)
+            }
+            blocks.append((params, {PINS_ATTR: pins} if pins else {}))
+        return blocks
 
     def grid_space(self) -> dict[str, list[Any]]:
         """GridSampler's search space: the grid lists plus every pin as a one-value list."""
@@ -490,12 +512,18 @@ class _Checker:
         # Against the range the sampler will search: Optuna runs an enqueued value outside it
         # with only a warning, but a retry of that trial (crash, SIGTERM) is rejected.
         searched = overrides.get(name) or default_override(declared[name])
-        if not stored and not admits(searched, value.value):
-            raise self.fail(
-                f"[[enqueue]] #{i} {name}: {raw!r} is outside the searched range "
-                f"({describe_override(searched)}); widen it in [params]"
-            )
-        return value.value
+        if stored or admits(searched, value.value):
+            return value.value
+        # An own pin is asked as a one-value int range, which Optuna stores beside the others'
+        # only if they are int ranges of the same log setting.
+        linear = isinstance(searched, Pin) or (isinstance(searched, Range) and not searched.log)
+        if name in OWN_PINS and linear:
+            return value.value
+        own = f", or search {name} as a range (not a list)" if name in OWN_PINS else ""
+        raise self.fail(
+            f"[[enqueue]] #{i} {name}: {raw!r} is outside the searched range "
+            f"({describe_override(searched)}); widen it in [params]{own}"
+        )
 
     def split_size(self) -> None:
         dataset, vs, ts = self.get("dataset"), self.get("validation_size"), self.get("train_size")

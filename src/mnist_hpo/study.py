@@ -62,8 +62,8 @@ def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
     study.set_user_attr("created_by", f"mnist-hpo {__version__}")
     if sources:
         study.set_user_attr(WARM_ATTR, warm_start.copy_trials(study, spec, sources))
-    for params in spec.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+    for params, user_attrs in spec.enqueued():
+        study.enqueue_trial(params, user_attrs, skip_if_exists=True)
     return study, True
 
 
