@@ -39,7 +39,7 @@ def sample_training(hp: Hyper, *, epochs: int, seed: int) -> TrainConfig:
     label_smoothing = hp.float("label_smoothing", 0.0, 0.0, limits=(0.0, 0.5))
     # How long this trial trains (its schedule spans them): the study's epochs unless a spec
     # searches fewer or an [[enqueue]] block pins fewer (spec.OWN_PINS). The cnn spec's fast
-    # net, trained 2 epochs of one-cycle, is a completed 99% trial 11-13 s into the study;
+    # net, trained 2 epochs of one-cycle, is a completed 99% trial 9-13 s into the study;
     # trained 24, it first reached 99% at epoch 4, after 27 s.
     train_epochs = hp.int("train_epochs", epochs, epochs, limits=(1, epochs))
     return TrainConfig(

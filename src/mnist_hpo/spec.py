@@ -105,8 +105,7 @@ class StudySpec:
             pins = {
                 n: v
                 for n, v in params.items()
-                if n in OWN_PINS
-                and not admits(self.overrides.get(n) or default_override(declared[n]), v)
+                if n in OWN_PINS and not admits(_searched(n, self.overrides, declared), v)
             }
             blocks.append((params, {PINS_ATTR: pins} if pins else {}))
         return blocks
@@ -140,6 +139,13 @@ def declared_params(family: Family, epochs: int = MAX_EPOCHS) -> dict[str, Param
     every value a spec may pick (warmup exists only for the warm-up schedules, for example).
     `epochs`: the spec's, which bounds train_epochs."""
     return explore([family.sample, _training(epochs)], every_allowed=True)
+
+
+def _searched(
+    name: str, overrides: Mapping[str, Override], declared: Mapping[str, Param]
+) -> Override:
+    """What the sampler searches for a parameter: the spec's override, else its declared range."""
+    return overrides.get(name) or default_override(declared[name])
 
 
 def _training(epochs: int) -> Callable[[Any], object]:
@@ -511,7 +517,7 @@ class _Checker:
             raise self.fail(f"[[enqueue]] #{i} {name}: give a single value")
         # Against the range the sampler will search: Optuna runs an enqueued value outside it
         # with only a warning, but a retry of that trial (crash, SIGTERM) is rejected.
-        searched = overrides.get(name) or default_override(declared[name])
+        searched = _searched(name, overrides, declared)
         if stored or admits(searched, value.value):
             return value.value
         # An own pin is asked as a one-value int range, which Optuna stores beside the others'
