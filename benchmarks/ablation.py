@@ -83,8 +83,8 @@ def variants(params: Params) -> dict[str, Params]:
 def from_study(study: str, storage: str) -> tuple[str, Params, int]:
     import optuna
 
-    from mnist_hpo import study as study_mod
-    from mnist_hpo.spec import StudySpec
+    from mnist_hpo.search import study as study_mod
+    from mnist_hpo.search.spec import StudySpec
 
     loaded = optuna.load_study(study_name=study, storage=storage)
     spec = StudySpec.from_dict(loaded.user_attrs[study_mod.SPEC_ATTR])
@@ -108,7 +108,7 @@ def main() -> None:
     if args.study:
         family, params, epochs = from_study(args.study, args.storage)
     else:
-        from mnist_hpo.spec import load_spec
+        from mnist_hpo.search.spec_files import load_spec
 
         spec = load_spec(args.spec)
         family, params, epochs = spec.family, dict(spec.enqueue[0]), spec.epochs

@@ -20,12 +20,13 @@ from typing import Any
 import torch
 
 from common import machine, mnist
-from mnist_hpo.augment import Augment, Augmenter
-from mnist_hpo.build import build_trial
-from mnist_hpo.data import Data
-from mnist_hpo.space import Fixed
-from mnist_hpo.spec import load_spec
-from mnist_hpo.train import pick_precision, train
+from mnist_hpo.ml.augment import Augment, Augmenter
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import pick_precision
+from mnist_hpo.ml.space import Fixed
+from mnist_hpo.ml.train import train
+from mnist_hpo.search.build import build_trial
+from mnist_hpo.search.spec_files import load_spec
 from recipe import pinned_spec
 
 # Magnitudes when the spec's recipe sets none (FRONTIER anchors; Simard's elastic alpha, sigma).

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnist_hpo import data as data_mod
-from mnist_hpo.data import Data
 from mnist_hpo.families import cnn, deep_mlp, perceptron, simple_mlp
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.ml.data import Data
 
 VALIDATION = 10_000  # the shipped specs' validation_size: 50,000 images train
 

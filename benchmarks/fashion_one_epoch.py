@@ -20,9 +20,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from mnist_hpo import data
-from mnist_hpo.objective import Objective
-from mnist_hpo.spec import StudySpec, load_spec
+from mnist_hpo.ml import data
+from mnist_hpo.search.objective import Objective
+from mnist_hpo.search.spec import StudySpec
+from mnist_hpo.search.spec_files import load_spec
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ import torch
 from optuna.trial import TrialState
 
 from common import family_models, mnist
-from mnist_hpo.data import Data
-from mnist_hpo.device import resolve_device
-from mnist_hpo.train import TrainConfig, prepare, train
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import resolve_device
+from mnist_hpo.ml.train import TrainConfig, prepare, train
 from time_to_accuracy import toml_value
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ For each family, the first [[enqueue]] configuration of its shipped study (studi
 the tuned default) is trained for the study's epochs from the same seeds in both precisions, on
 the same tensors and thread count. Prints validation and test accuracy per seed, their means,
 the mean training time per epoch and the speed-up. `work --precision auto` picks bf16 only where
-this shows no accuracy cost on hardware with native bfloat16 (see train.bf16_native).
+this shows no accuracy cost on hardware with native bfloat16 (see device.bf16_native).
 
     MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/precision.py
 """
@@ -19,10 +19,11 @@ from dataclasses import replace
 import torch
 
 from common import machine, mnist
-from mnist_hpo.build import build_trial
-from mnist_hpo.space import Fixed
-from mnist_hpo.spec import load_spec
-from mnist_hpo.train import PRECISIONS, accuracy, bf16_native, train
+from mnist_hpo.ml.device import PRECISIONS, bf16_native
+from mnist_hpo.ml.space import Fixed
+from mnist_hpo.ml.train import accuracy, train
+from mnist_hpo.search.build import build_trial
+from mnist_hpo.search.spec_files import load_spec
 
 
 def main() -> None:

@@ -22,11 +22,13 @@ from typing import Any
 import torch
 
 from common import machine, mnist
-from mnist_hpo.build import build_trial
-from mnist_hpo.data import Data
-from mnist_hpo.space import Fixed
-from mnist_hpo.spec import StudySpec, load_spec, parse
-from mnist_hpo.train import EpochEnd, accuracy, pick_precision, train
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import pick_precision
+from mnist_hpo.ml.space import Fixed
+from mnist_hpo.ml.train import EpochEnd, accuracy, train
+from mnist_hpo.search.build import build_trial
+from mnist_hpo.search.spec import StudySpec, parse
+from mnist_hpo.search.spec_files import load_spec
 
 
 @dataclass

@@ -18,8 +18,8 @@ import platform
 import optuna
 from optuna.trial import TrialState
 
-from mnist_hpo import study as study_mod
 from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.search import study as study_mod
 from mnist_hpo.settings import default_storage_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

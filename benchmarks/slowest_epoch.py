@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from mnist_hpo.families import cnn, deep_mlp
-from mnist_hpo.train import prepare
+from mnist_hpo.ml.train import prepare
 
 GRACE_S = 1200  # docker-compose.yml's default stop_grace_period and the Job's grace
 TRAIN_IMAGES = 50_000  # 60,000 minus the 10,000 validation images

@@ -48,10 +48,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo import study as study_mod
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.resilience.retries import MAX_RETRY, chain
-from mnist_hpo.spec import load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import load_spec
 
 SPEC = """
 family = "perceptron"

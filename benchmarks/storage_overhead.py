@@ -32,12 +32,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from common import machine
-from mnist_hpo import study as study_mod
-from mnist_hpo import worker
+from mnist_hpo.fleet import worker
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.resilience import trials as trials_mod
 from mnist_hpo.resilience.lock import StudyLock
-from mnist_hpo.spec import parse
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec import parse
 
 PG_ADMIN = os.environ.get("MNIST_HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -19,8 +19,8 @@ from multiprocessing.synchronize import Barrier
 import torch
 
 from common import family_models, mnist
-from mnist_hpo.data import Data
-from mnist_hpo.train import TrainConfig, prepare, train
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.train import TrainConfig, prepare, train
 
 
 def trainings(family: str, seeds: list[int], threads: int, batch: int, limit: int) -> list[float]:

@@ -30,8 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common import ReportCNN, family_models, machine, mnist
-from mnist_hpo.data import Data
-from mnist_hpo.train import TrainConfig, accuracy, bf16_native, pick_precision, prepare, train
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import bf16_native, pick_precision
+from mnist_hpo.ml.train import TrainConfig, accuracy, prepare, train
 
 
 def report_epoch(model: nn.Module, family: str, data: Data, limit: int) -> tuple[float, int]:

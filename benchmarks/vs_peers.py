@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common import cpu_model
-from mnist_hpo.data import load_dir
+from mnist_hpo.ml.data import load_dir
 
 BATCH = 128
 JOBS = 2  # one trial per core

@@ -40,7 +40,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def raw_mnist(mnist_dir: Path):  # type: ignore[no-untyped-def]
-    from mnist_hpo import data
+    from mnist_hpo.ml import data
 
     return data.load_dir(mnist_dir)
 
@@ -66,7 +66,7 @@ def fashion_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def raw_fashion(fashion_dir: Path):  # type: ignore[no-untyped-def]
-    from mnist_hpo import data
+    from mnist_hpo.ml import data
 
     return data.load_dir(fashion_dir, "fashion-mnist")
 
@@ -207,10 +207,10 @@ n_warmup_steps = 0
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[str, str]:
     """(storage URL, study name) of a study run to the end by one worker on a SQLite file."""
-    from mnist_hpo import study as study_mod
-    from mnist_hpo import worker
+    from mnist_hpo.fleet import worker
     from mnist_hpo.resilience import storage as storage_mod
-    from mnist_hpo.spec import load_spec
+    from mnist_hpo.search import study as study_mod
+    from mnist_hpo.search.spec_files import load_spec
 
     folder = tmp_path_factory.mktemp("finished")
     url = f"sqlite:///{folder / 'studies.db'}"

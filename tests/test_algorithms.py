@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from mnist_hpo.samplers import make_pruner, make_sampler
-from mnist_hpo.seeds import number_seed
+from mnist_hpo.search.samplers import make_pruner, make_sampler
+from mnist_hpo.search.seeds import number_seed
 
 
 def _study_with_finished(values: list[list[float]], pruner: optuna.pruners.BasePruner):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mnist_hpo.augment import Augment, Augmenter
+from mnist_hpo.ml.augment import Augment, Augmenter
 
 CPU = torch.device("cpu")
 

@@ -166,9 +166,9 @@ def test_every_command_and_option_has_help() -> None:
 def test_delete_study_removes_the_checkpoints_its_trials_left(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    from mnist_hpo import study as study_mod
-    from mnist_hpo.checkpoints import Checkpoints, Pointer
     from mnist_hpo.resilience import storage as storage_mod
+    from mnist_hpo.search import study as study_mod
+    from mnist_hpo.search.checkpoints import Checkpoints, Pointer
 
     assert run_cli("create-study", "small", env=env).returncode == 0
     study, _ = study_mod.load(storage_mod.open_storage(env["MNIST_HPO_STORAGE"]), "small")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_hpo.cores import threads_per_job, usable_cores
+from mnist_hpo.fleet.cores import threads_per_job, usable_cores
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,15 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import run_cli, write_spec
-from mnist_hpo import study as study_mod
-from mnist_hpo.checkpoints import Pointer
 from mnist_hpo.resilience import retries
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.resilience.stop import Stop
 from mnist_hpo.resilience.trials import Swept, Trials
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.budget import uses_budget
+from mnist_hpo.search.checkpoints import Pointer
+from mnist_hpo.search.spec_files import load_spec
 from mnist_hpo.settings import Settings
-from mnist_hpo.spec import load_spec
 
 # One trial of 12 short epochs with fixed hyperparameters: long enough (12 epochs) that a test
 # reacting to the "epoch 2/12" line always catches the trial still running.
@@ -392,6 +393,7 @@ def _view(url: str, name: str = "crash", **settings: float) -> Trials:
         storage,
         Settings(**{"heartbeat": 1, "grace": 2, **settings}),  # type: ignore[arg-type]
         budget=spec.budget(),
+        counts=uses_budget,
         stop=Stop.unsignalled(),
         note=print,
     )
@@ -458,7 +460,7 @@ def test_a_retry_that_died_before_its_first_epoch_passes_on_the_older_checkpoint
     # Trial 0 checkpoints epoch 1 and dies; its retry (trial 1) resumes from it, names its own
     # files, and dies before finishing an epoch; trial 2 must still resume after epoch 1 (the
     # file is trial 0's), not start from scratch.
-    from mnist_hpo.checkpoints import Checkpoints
+    from mnist_hpo.search.checkpoints import Checkpoints
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
@@ -484,8 +486,8 @@ def test_a_retry_that_died_before_its_first_epoch_passes_on_the_older_checkpoint
 def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
     tmp_path: Path, mnist_dir: Path
 ) -> None:
-    from mnist_hpo import worker
-    from mnist_hpo.checkpoints import Checkpoints, Pointer
+    from mnist_hpo.fleet import worker
+    from mnist_hpo.search.checkpoints import Checkpoints, Pointer
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL.replace("epochs = 12", "epochs = 1"))
@@ -525,8 +527,8 @@ def test_a_given_up_trial_is_said_and_its_checkpoints_removed(
 def test_the_worker_that_ends_a_study_removes_checkpoints_a_cleanup_missed(
     tmp_path: Path, mnist_dir: Path
 ) -> None:
-    from mnist_hpo import worker
-    from mnist_hpo.checkpoints import Checkpoints, Pointer
+    from mnist_hpo.fleet import worker
+    from mnist_hpo.search.checkpoints import Checkpoints, Pointer
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     _create(url, tmp_path, ONE_TRIAL)
@@ -642,7 +644,7 @@ def test_a_trial_that_raises_is_recorded_and_skipped_and_three_in_a_row_stop_the
 ) -> None:
     from typer.testing import CliRunner
 
-    import mnist_hpo.objective as objective_mod
+    import mnist_hpo.search.objective as objective_mod
     from mnist_hpo.cli import app
 
     url = f"sqlite:///{tmp_path / 's.db'}"

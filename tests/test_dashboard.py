@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SMALL_SPEC, write_spec
-from mnist_hpo import dashboard
-from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError
+from mnist_hpo.outputs import dashboard
 from mnist_hpo.resilience import storage as storage_mod
-from mnist_hpo.spec import load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import load_spec
 
 ARTIFACTS = ROOT / "test-artifacts"  # screenshots kept for people to look at (git-ignored)
 

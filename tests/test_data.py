@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import IN_CI
-from mnist_hpo import data
-from mnist_hpo.datasets import MNIST
 from mnist_hpo.errors import HpoError
+from mnist_hpo.ml import data
+from mnist_hpo.ml.datasets import MNIST
 
 
 def test_official_files_load_with_the_right_shapes(raw_mnist: data.RawData) -> None:

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import write_spec
-from mnist_hpo import data, datasets, spec
-from mnist_hpo import study as study_mod
-from mnist_hpo.datasets import IdxDataset, IdxFile
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.ml import data, datasets
+from mnist_hpo.ml.datasets import IdxDataset, IdxFile
+from mnist_hpo.search import spec, spec_files
+from mnist_hpo.search import study as study_mod
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 NAMES += ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -39,10 +40,10 @@ def test_checksum_tables_are_complete_and_unambiguous() -> None:
 @pytest.mark.parametrize("name", ["fashion-mnist", "kmnist"])
 def test_spec_accepts_the_new_datasets_with_their_sizes(name: str, tmp_path: Path) -> None:
     body = f'family = "cnn"\nepochs = 1\nn_trials = 1\ndataset = "{name}"\n'
-    assert spec.load_spec(str(write_spec(tmp_path, "ok", body))).dataset == name
+    assert spec_files.load_spec(str(write_spec(tmp_path, "ok", body))).dataset == name
     too_big = write_spec(tmp_path, "big", body + "validation_size = 50000\ntrain_size = 20000\n")
     with pytest.raises(UsageError, match=f"{name} has 60,000 training images"):
-        spec.load_spec(str(too_big))
+        spec_files.load_spec(str(too_big))
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:

@@ -28,12 +28,12 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from conftest import ROOT, write_spec
-from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
-from mnist_hpo.datasets import MNIST
+from mnist_hpo.ml.datasets import MNIST
 from mnist_hpo.resilience import storage as storage_mod
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import is_shipped, load_spec, resolve_path
 from mnist_hpo.settings import Settings
-from mnist_hpo.spec import is_shipped, load_spec, resolve_path
 
 COMPOSE = ROOT / "docker-compose.yml"
 K8S_JOB = ROOT / "deploy" / "k8s-job.yaml"

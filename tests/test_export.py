@@ -12,16 +12,17 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from mnist_hpo import data, export, model_file, predict
-from mnist_hpo import study as study_mod
-from mnist_hpo.build import build_trial
 from mnist_hpo.cli import app
 from mnist_hpo.errors import UsageError
 from mnist_hpo.families import FAMILIES
-from mnist_hpo.hyperparams import sample_training
+from mnist_hpo.ml import data
+from mnist_hpo.ml.hyperparams import sample_training
+from mnist_hpo.ml.space import Fixed, Hyper
+from mnist_hpo.outputs import export, model_file, predict
 from mnist_hpo.resilience import storage as storage_mod
-from mnist_hpo.space import Fixed, Hyper
-from mnist_hpo.spec import StudySpec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.build import build_trial
+from mnist_hpo.search.spec import StudySpec
 
 
 @pytest.fixture(scope="module")

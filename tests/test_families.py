@@ -9,13 +9,14 @@ import optuna
 import pytest
 import torch
 
-from mnist_hpo import data
-from mnist_hpo.build import build_trial
 from mnist_hpo.families import FAMILIES
-from mnist_hpo.hyperparams import sample_training
-from mnist_hpo.space import Fixed, Hyper
-from mnist_hpo.spec import StudySpec, declared_params
-from mnist_hpo.train import pick_precision, train
+from mnist_hpo.ml import data
+from mnist_hpo.ml.device import pick_precision
+from mnist_hpo.ml.hyperparams import sample_training
+from mnist_hpo.ml.space import Fixed, Hyper
+from mnist_hpo.ml.train import train
+from mnist_hpo.search.build import build_trial
+from mnist_hpo.search.spec import StudySpec, declared_params
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -196,7 +197,7 @@ LEVER_IDS = [f"{f}-{n}" for f, n, _ in LEVER_CASES]
 
 def _lever_spec(family: str, values: dict[str, object], extra: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
     """A spec pinning the lever, as a user's [params] table would (validated like one)."""
-    from mnist_hpo.spec import parse
+    from mnist_hpo.search.spec import parse
 
     return parse(
         {"family": family, "epochs": 2, "n_trials": 1, "params": {**(extra or {}), **values}},
@@ -241,7 +242,7 @@ def test_lever_forward_and_fixed_trial_rebuild(
 def test_lever_trains_one_epoch_on_real_images(
     family: str, lever: str, values: dict[str, object], small_mnist: object
 ) -> None:
-    from mnist_hpo.train import prepare, train
+    from mnist_hpo.ml.train import prepare, train
 
     fam = FAMILIES[family]
     params = {**SMALL_ARCH[family], **TRAINING, **values}
@@ -271,7 +272,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def small_mnist(raw_mnist: object) -> object:
-    from mnist_hpo import data
+    from mnist_hpo.ml import data
 
     return data.split(raw_mnist, validation_size=1000, train_size=3000)  # type: ignore[arg-type]
 

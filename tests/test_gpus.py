@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mnist_hpo.errors import HpoError, UsageError
-from mnist_hpo.gpus import assign_devices, visible_gpus
+from mnist_hpo.fleet.gpus import assign_devices, visible_gpus
 
 
 @pytest.mark.parametrize(

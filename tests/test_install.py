@@ -20,10 +20,11 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, write_spec
-from mnist_hpo import __version__, quickstart
-from mnist_hpo import data as data_mod
+from mnist_hpo import __version__
 from mnist_hpo.errors import HpoError
-from mnist_hpo.spec import load_spec
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.search import quickstart
+from mnist_hpo.search.spec_files import load_spec
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 SHIPPED = sorted(p.name for p in (ROOT / "studies").glob("*.toml"))

@@ -22,11 +22,11 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import IN_CI, SMALL_SPEC, write_spec
-from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError, UsageError
-from mnist_hpo.ray_pool import LOST, NODE_PYTHON, RayPool
+from mnist_hpo.fleet.ray_pool import LOST, NODE_PYTHON, RayPool
 from mnist_hpo.resilience import storage as storage_mod
-from mnist_hpo.spec import load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import load_spec
 from test_crash import ONE_TRIAL
 
 SIGKILL = 9
@@ -341,7 +341,7 @@ def test_a_cluster_that_wants_a_token_is_one_clear_error(ray_head: str) -> None:
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
     with _head(**token) as address:
         # In a process of its own: a failed ray.init leaves Ray half set up in its process.
-        code = f"from mnist_hpo.ray_pool import RayPool; RayPool({address!r})"
+        code = f"from mnist_hpo.fleet.ray_pool import RayPool; RayPool({address!r})"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 1
     assert (

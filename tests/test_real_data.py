@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import write_spec
-from mnist_hpo import study as study_mod
-from mnist_hpo import worker
+from mnist_hpo.fleet import worker
 from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.spec import load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import load_spec
 
 SPEC = """
 family = "simple_mlp"

@@ -12,12 +12,12 @@ from optuna.distributions import FloatDistribution
 from typer.testing import CliRunner
 
 from conftest import SMALL_SPEC, write_spec
-from mnist_hpo import report
-from mnist_hpo import study as study_mod
 from mnist_hpo.cli import app
 from mnist_hpo.errors import HpoError
+from mnist_hpo.outputs import report
 from mnist_hpo.resilience import storage as storage_mod
-from mnist_hpo.spec import load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import load_spec
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import run_cli, write_spec
-from mnist_hpo import study as study_mod
-from mnist_hpo import worker
 from mnist_hpo.errors import UsageError
+from mnist_hpo.fleet import worker
 from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.spec import load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec_files import load_spec
 
 BASE = """
 family = "simple_mlp"

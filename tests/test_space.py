@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from mnist_hpo.hyperparams import sample_training
-from mnist_hpo.space import (
+from mnist_hpo.ml.hyperparams import sample_training
+from mnist_hpo.ml.space import (
     ChoiceParam,
     Choices,
     FloatParam,

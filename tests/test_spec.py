@@ -9,12 +9,11 @@ import pytest
 
 from conftest import ROOT, write_spec
 from mnist_hpo.errors import UsageError
-from mnist_hpo.spec import (
-    StudySpec,
+from mnist_hpo.search.spec import StudySpec, parse
+from mnist_hpo.search.spec_files import (
     catalogue,
     load_spec,
     origin,
-    parse,
     resolve_path,
     search_path,
     shipped_studies,
@@ -200,9 +199,9 @@ REPORT_SPECS = [p for p in SHIPPED if p.stem.startswith("report_")]
 def test_report_replications_train_as_before_the_levers(path: Path) -> None:
     import optuna
 
-    from mnist_hpo.augment import Augment
-    from mnist_hpo.hyperparams import sample_training
-    from mnist_hpo.space import Hyper
+    from mnist_hpo.ml.augment import Augment
+    from mnist_hpo.ml.hyperparams import sample_training
+    from mnist_hpo.ml.space import Hyper
 
     spec = load_spec(str(path))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -8,13 +8,14 @@ import optuna
 import pytest
 
 from conftest import SMALL_SPEC, write_spec
-from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.resilience.stop import Stop
 from mnist_hpo.resilience.trials import Trials
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.budget import uses_budget
+from mnist_hpo.search.spec_files import load_spec
 from mnist_hpo.settings import Settings
-from mnist_hpo.spec import load_spec
 
 
 def _spec(tmp_path: Path, body: str = SMALL_SPEC, name: str = "small"):  # type: ignore[no-untyped-def]
@@ -110,7 +111,15 @@ def _trials(url: str, name: str = "small", budget: int = 6):  # type: ignore[no-
     """One worker's view of the study (its own connections, as a separate process has)."""
     storage = storage_mod.open_storage(url)
     study, _ = study_mod.load(storage, name)
-    return Trials(study, storage, Settings(), budget=budget, stop=Stop.unsignalled(), note=print)
+    return Trials(
+        study,
+        storage,
+        Settings(),
+        budget=budget,
+        counts=uses_budget,
+        stop=Stop.unsignalled(),
+        note=print,
+    )
 
 
 def test_workers_racing_for_the_last_trials_never_exceed_the_budget(

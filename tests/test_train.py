@@ -9,17 +9,16 @@ import math
 import pytest
 import torch
 
-from mnist_hpo import data
-from mnist_hpo import train as train_mod
-from mnist_hpo.augment import Augment, Augmenter
-from mnist_hpo.families import FAMILIES, cnn, perceptron, simple_mlp
-from mnist_hpo.train import (
+from mnist_hpo.families import FAMILIES, simple_mlp
+from mnist_hpo.ml import data
+from mnist_hpo.ml import train as train_mod
+from mnist_hpo.ml.augment import Augment, Augmenter
+from mnist_hpo.ml.train import (
     EpochEnd,
     TrainConfig,
     accuracy,
     loss_fn,
     lr_factor,
-    pick_precision,
     prepare,
     train,
 )
@@ -133,28 +132,6 @@ def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(small: data.Data) -> 
     assert torch.allclose(w32, w16, atol=0.05)
     with pytest.raises(ValueError, match="unknown precision"):
         train(_mlp(), CFG, small, precision="fp16")
-
-
-def test_auto_precision_picks_bf16_only_where_it_was_measured_faster(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cpu = torch.device("cpu")
-    tiny = perceptron.build(perceptron.Config())  # 7,850 parameters
-    mlp = simple_mlp.build(simple_mlp.Config(hidden=128, dropout=0.0))  # 101,770 parameters
-    conv = FAMILIES["cnn"].build(cnn.Config((8,), 3, (32,), 0.0, False))
-    monkeypatch.setattr(train_mod, "bf16_native", lambda device: True)
-    assert pick_precision("auto", mlp, 64, cpu) == "bf16"  # 6.5 M parameter-samples per step
-    assert pick_precision("auto", mlp, 32, cpu) == "fp32"  # 3.3 M: the casts cost more
-    assert pick_precision("auto", tiny, 256, cpu) == "fp32"  # 2.0 M
-    assert pick_precision("auto", tiny, 512, cpu) == "bf16"  # 4.0 M
-    assert pick_precision("auto", conv, 16, cpu) == "bf16"
-    assert pick_precision("auto", mlp, 512, torch.device("cuda")) == "fp32"  # not measured yet
-    assert pick_precision("fp32", mlp, 512, cpu) == "fp32"
-    monkeypatch.setattr(train_mod, "bf16_native", lambda device: False)
-    assert pick_precision("auto", mlp, 512, cpu) == "fp32"
-    assert pick_precision("bf16", tiny, 16, cpu) == "bf16"  # asked for explicitly
-    with pytest.raises(ValueError, match="unknown precision"):
-        pick_precision("half", mlp, 64, cpu)
 
 
 def test_on_batch_can_stop_training_mid_epoch(small: data.Data) -> None:

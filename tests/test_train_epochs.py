@@ -9,14 +9,15 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import write_spec
-from mnist_hpo import study as study_mod
-from mnist_hpo import worker
-from mnist_hpo.build import ask_all
 from mnist_hpo.errors import UsageError
+from mnist_hpo.fleet import worker
+from mnist_hpo.ml.space import Fixed
 from mnist_hpo.resilience.retries import requeue
 from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.space import Fixed
-from mnist_hpo.spec import PINS_ATTR, load_spec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.build import ask_all
+from mnist_hpo.search.spec import PINS_ATTR
+from mnist_hpo.search.spec_files import load_spec
 
 SPEC = """
 family = "simple_mlp"

@@ -129,7 +129,7 @@ def storage_url(storage: str | None) -> str:
 
 
 def search(studies: list[Path] | None) -> list[Path]:
-    from mnist_hpo.spec import search_path
+    from mnist_hpo.search.spec_files import search_path
 
     # Typer splits a list option's environment variable on whitespace; ':' separates folders.
     dirs = [Path(p) for d in studies or [] for p in str(d).split(os.pathsep) if p]

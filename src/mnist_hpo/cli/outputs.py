@@ -43,7 +43,7 @@ def dashboard(
     storage: StorageOpt = None,
 ) -> None:
     """Serve optuna-dashboard on the study storage (history, pruning, importances, trials)."""
-    from mnist_hpo import dashboard as dashboard_mod
+    from mnist_hpo.outputs import dashboard as dashboard_mod
     from mnist_hpo.resilience.stop import sigterm_as_ctrl_c
     from mnist_hpo.resilience.storage import redact
 
@@ -85,7 +85,7 @@ def report(
     storage: StorageOpt = None,
 ) -> None:
     """Write a self-contained HTML report: history, pruning, importances, top trials."""
-    from mnist_hpo import report as report_mod
+    from mnist_hpo.outputs import report as report_mod
 
     out = output or Path(f"{study}-report.html")
     with reading("writing the report"):
@@ -124,7 +124,7 @@ def export_best(
     """
     import torch
 
-    from mnist_hpo import export
+    from mnist_hpo.outputs import export
 
     if threads:
         torch.set_num_threads(threads)
@@ -178,8 +178,8 @@ def predict(
     Images must be 28x28 MNIST-style: a white digit on a black background. Other sizes are
     refused (resizing a photo does not make an MNIST digit).
     """
-    from mnist_hpo import predict as predict_mod
-    from mnist_hpo.model_file import load_model
+    from mnist_hpo.outputs import predict as predict_mod
+    from mnist_hpo.outputs.model_file import load_model
 
     loaded = load_model(model)
     m = loaded.meta

@@ -12,7 +12,7 @@ from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.settings import default_artifacts
 
 if TYPE_CHECKING:
-    from mnist_hpo.spec import Listed
+    from mnist_hpo.search.spec_files import Listed
 from mnist_hpo.cli.app import app
 from mnist_hpo.cli.common import (
     ArtifactsOpt,
@@ -50,13 +50,13 @@ def create_study(
     storage: StorageOpt = None,
 ) -> None:
     """Create a study from a spec; the whole spec is stored in the study for every worker."""
-    from mnist_hpo import spec as spec_mod
-    from mnist_hpo import study as study_mod
     from mnist_hpo.resilience.storage import redact
+    from mnist_hpo.search import spec_files
+    from mnist_hpo.search import study as study_mod
 
-    path = spec_mod.resolve_path(spec, search(studies))
-    parsed = spec_mod.read_spec(path, name=name)
-    typer.echo(f"spec: {spec_mod.origin(path)}")
+    path = spec_files.resolve_path(spec, search(studies))
+    parsed = spec_files.read_spec(path, name=name)
+    typer.echo(f"spec: {spec_files.origin(path)}")
     url = storage_url(storage)
     with reading("creating the study"):
         study_obj, created = study_mod.create(open_at(url, must_exist=False), parsed)
@@ -77,7 +77,7 @@ def create_study(
             f"max_params {parsed.max_params:,}: larger configurations are rejected untrained"
         )
     if parsed.warm_start:
-        from mnist_hpo.study import WARM_ATTR
+        from mnist_hpo.search.study import WARM_ATTR
 
         w = study_obj.user_attrs[WARM_ATTR]
         typer.echo(
@@ -97,7 +97,7 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
 
 
 def print_status(url: str, name: str) -> None:
-    from mnist_hpo import study as study_mod
+    from mnist_hpo.search import study as study_mod
 
     with reading():
         study, spec = study_mod.load(open_at(url), name)
@@ -175,7 +175,7 @@ def best(
     storage: StorageOpt = None,
 ) -> None:
     """The best trial by validation accuracy (a multi-objective study: its Pareto front)."""
-    from mnist_hpo import study as study_mod
+    from mnist_hpo.search import study as study_mod
 
     with reading():
         s, spec = study_mod.load(open_at(storage_url(storage)), study)
@@ -199,8 +199,8 @@ def list_studies(storage: StorageOpt = None) -> None:
     """Studies in the storage with their progress and best accuracies."""
     import optuna
 
-    from mnist_hpo import study as study_mod
     from mnist_hpo.resilience.storage import redact
+    from mnist_hpo.search import study as study_mod
 
     url = storage_url(storage)
     with reading("listing the studies"):
@@ -238,9 +238,9 @@ def delete_study(
     artifacts: ArtifactsOpt = None,
 ) -> None:
     """Delete a study and all its trials, and the checkpoint files its trials left behind."""
-    from mnist_hpo import study as study_mod
-    from mnist_hpo.checkpoints import Checkpoints
     from mnist_hpo.resilience.storage import redact
+    from mnist_hpo.search import study as study_mod
+    from mnist_hpo.search.checkpoints import Checkpoints
 
     url = storage_url(storage)
     location = artifacts or default_artifacts()
@@ -262,8 +262,8 @@ def delete_study(
 def families() -> None:
     """The model families and the parameters each one searches."""
     from mnist_hpo.families import FAMILIES
-    from mnist_hpo.hyperparams import SPEC_DEPENDENT
-    from mnist_hpo.spec import declared_params
+    from mnist_hpo.ml.hyperparams import SPEC_DEPENDENT
+    from mnist_hpo.search.spec import declared_params
 
     for fam in FAMILIES.values():
         typer.secho(fam.name, bold=True, nl=False)
@@ -276,14 +276,14 @@ def families() -> None:
 @command
 def list_specs(studies: StudiesOpt = None) -> None:
     """The study specs a NAME can name: shipped ones and your own, in the order searched."""
-    from mnist_hpo import spec as spec_mod
+    from mnist_hpo.search import spec_files
 
     folders = search(studies)
-    found = spec_mod.catalogue(folders)
+    found = spec_files.catalogue(folders)
     typer.echo("specs by folder, in the order a NAME is looked up (a .toml path is used as is)")
     for folder in folders:
         here = [s for s in found if s.folder == folder]
-        typer.secho(spec_mod.folder_label(folder), bold=True)
+        typer.secho(spec_files.folder_label(folder), bold=True)
         if not here:
             typer.echo(f"  no specs here ({folder}/NAME.toml files would be found)")
         for s in here:
@@ -292,7 +292,7 @@ def list_specs(studies: StudiesOpt = None) -> None:
 
 def _spec_line(s: Listed) -> str:
     """One `studies` line: NAME, family, budget, description, and which file wins a NAME."""
-    from mnist_hpo.spec import origin
+    from mnist_hpo.search.spec_files import origin
 
     if s.spec is None:
         return f"{s.name:<22} unusable: {s.problem.removeprefix(f'{s.path}: ')}"
@@ -321,7 +321,7 @@ def data(
     download: DownloadOpt = True,
 ) -> None:
     """Find, verify (and if needed download) the data, and say exactly what will be used."""
-    from mnist_hpo import data as data_mod
+    from mnist_hpo.ml import data as data_mod
 
     raw = data_mod.load(
         dataset,

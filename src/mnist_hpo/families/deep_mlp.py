@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mnist_hpo.space import Hyper
+from mnist_hpo.ml.space import Hyper
 
 SUMMARY = "784->w0->...->10 with ReLU; samples depth (2-4), each width, dropout and batch norm"
 

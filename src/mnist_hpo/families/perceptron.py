@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mnist_hpo.space import Hyper
+from mnist_hpo.ml.space import Hyper
 
 SUMMARY = "linear 784->10; only the training hyperparameters are searched"
 

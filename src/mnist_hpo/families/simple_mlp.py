@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mnist_hpo.space import Hyper
+from mnist_hpo.ml.space import Hyper
 
 SUMMARY = "784->hidden->10 with ReLU; samples hidden width, dropout and batch norm"
 

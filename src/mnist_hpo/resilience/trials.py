@@ -36,17 +36,8 @@ from mnist_hpo.settings import Settings
 T = TypeVar("T")
 Note = Callable[[str], None]
 
-# Trials that use up budget: finished, running, or queued (failed ones are retried or given up)
-# - except those marked with one of FREE_ATTRS: a configuration rejected before any training
-# (over the spec's max_params), or a trial copied from another study (warm start).
-BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-INFEASIBLE = "infeasible"  # user attr: why the configuration was rejected untrained
-IMPORTED = "imported_from"  # user attr: "<study>#<trial>" a warm start copied it from
-FREE_ATTRS = (INFEASIBLE, IMPORTED)
-
-
-def uses_budget(trial: FrozenTrial) -> bool:
-    return trial.state in BUDGET_STATES and not any(a in trial.user_attrs for a in FREE_ATTRS)
+# Whether a trial counts against the study's budget (search/budget.py's rule, handed in).
+BudgetRule = Callable[[FrozenTrial], bool]
 
 
 # Whether the study is done before its budget (its goal reached, its patience run out): the
@@ -78,12 +69,14 @@ class Trials:
         budget: int,
         stop: Stop,
         note: Note,
+        counts: BudgetRule,
         done: StopRule = _never,
     ) -> None:
         self.study = study
         self.storage = storage
         self.settings = settings
         self.budget = budget  # trials the study runs in all, across every worker
+        self.counts = counts  # whether a trial uses up some of `budget`
         self.done = done
         self.finished = ""  # why no trial is left to take before the budget, once it is so
         self.stop = stop
@@ -145,7 +138,7 @@ class Trials:
             # one only while the budget lasts and the study is not done.
             if not any(t.state == TrialState.WAITING for t in trials):
                 self.finished = self.done(trials)
-                if self.finished or sum(map(uses_budget, trials)) >= self.budget:
+                if self.finished or sum(map(self.counts, trials)) >= self.budget:
                     return None
             trial = self.study.ask()
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(
@@ -227,12 +220,9 @@ class Lease:
     def prune(self) -> FrozenTrial:
         return self._tell(TrialState.PRUNED, None)
 
-    def reject(self, why: str) -> FrozenTrial:
-        """A configuration over the study's max_params, before any training (its constraint,
-        above 0, is set already): recorded as such and PRUNED at zero epochs; it uses no budget
-        (FREE_ATTRS)."""
-        self.record("rejecting it", lambda: self.trial.set_user_attr(INFEASIBLE, why))
-        return self._tell(TrialState.PRUNED, None)
+    def annotate(self, what: str, key: str, value: object) -> None:
+        """A user attribute on the trial, written through an outage."""
+        self.record(what, lambda: self.trial.set_user_attr(key, value))
 
     def fail(self, error: str) -> FrozenTrial:
         """The trial itself raised: record why, then FAIL (not retried)."""

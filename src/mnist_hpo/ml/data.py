@@ -37,8 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_hpo.datasets import GZIP_MAGIC, MNIST, SAMPLE, IdxDataset, IdxFile, idx_dataset, verify
 from mnist_hpo.errors import HpoError
+from mnist_hpo.ml.datasets import (
+    GZIP_MAGIC,
+    MNIST,
+    SAMPLE,
+    IdxDataset,
+    IdxFile,
+    idx_dataset,
+    verify,
+)
 from mnist_hpo.settings import cache_home
 
 REPORT_PICKLE = "mnist.pkl.gz"

@@ -16,7 +16,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo.seeds import number_seed
+from mnist_hpo.search.seeds import number_seed
 
 Options = Mapping[str, Any]
 

@@ -16,17 +16,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from mnist_hpo import latency
-from mnist_hpo import study as study_mod
-from mnist_hpo.build import Built, build_trial, trial_seed
-from mnist_hpo.checkpoints import Checkpoints, Pointer, new_key
-from mnist_hpo.data import Data
 from mnist_hpo.errors import ControlFlow, HpoError, Infeasible, TakenOver, TrialFailed
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted
+from mnist_hpo.ml import latency
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import pick_precision
+from mnist_hpo.ml.train import EpochEnd, TrainResult, accuracy, train
 from mnist_hpo.resilience.retries import original_number
 from mnist_hpo.resilience.trials import Lease
-from mnist_hpo.spec import PINS_ATTR, StudySpec
-from mnist_hpo.train import EpochEnd, TrainResult, accuracy, pick_precision, train
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.build import Built, build_trial, trial_seed
+from mnist_hpo.search.checkpoints import Checkpoints, Pointer, new_key
+from mnist_hpo.search.spec import PINS_ATTR, StudySpec
 
 ERROR_CHARS = 300  # of a trial's error message kept in its `error` user attr
 
@@ -37,7 +38,7 @@ class Objective:
     data: Data
     checkpoints: Checkpoints
     listener: Listener
-    precision: str = "auto"  # auto, fp32 or bf16: train.pick_precision
+    precision: str = "auto"  # auto, fp32 or bf16: device.pick_precision
 
     def run(self, lease: Lease) -> list[float]:
         """Train the lease's trial; returns its objectives' values (validation accuracy after

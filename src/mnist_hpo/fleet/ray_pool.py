@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import signal
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mnist_hpo.errors import HpoError, UsageError
-from mnist_hpo.ray_node import NODE_PYTHON, CommandRunner, Exited, Lines, Placement
+from mnist_hpo.fleet.ray_node import NODE_PYTHON, CommandRunner, Exited, Lines, Placement
 
 __all__ = ["LOST", "NODE_PYTHON", "Placement", "RayPool"]
 
@@ -99,7 +100,7 @@ class RayPool:
             args = (label, list(argv))
             threading.Thread(target=self._follow, args=args, daemon=True).start()
 
-    def stop(self, signum: int = 15) -> None:
+    def stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask every command to stop: signal `signum` goes to each running one, twice at most,
         then SIGKILL; commands Ray has not placed yet never start. Safe in a signal handler:
         it only records the request, which wait() passes on within TICK seconds."""

@@ -17,9 +17,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from mnist_hpo.checkpoints import open_store
 from mnist_hpo.errors import HpoError
 from mnist_hpo.resilience.storage import open_storage
+from mnist_hpo.search.checkpoints import open_store
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):

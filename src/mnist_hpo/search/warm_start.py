@@ -23,10 +23,10 @@ from optuna.distributions import (
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo.build import ask_all
 from mnist_hpo.errors import HpoError, UsageError
-from mnist_hpo.resilience.trials import IMPORTED, INFEASIBLE
-from mnist_hpo.spec import StudySpec
+from mnist_hpo.search.budget import IMPORTED, INFEASIBLE
+from mnist_hpo.search.build import ask_all
+from mnist_hpo.search.spec import StudySpec
 
 
 @dataclass(frozen=True)

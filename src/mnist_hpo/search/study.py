@@ -13,13 +13,14 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo import __version__, warm_start
-from mnist_hpo.data import RawData
+from mnist_hpo import __version__
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.ml.data import RawData
 from mnist_hpo.resilience.retries import MAX_RETRY, not_retried
-from mnist_hpo.resilience.trials import INFEASIBLE, uses_budget
-from mnist_hpo.samplers import make_pruner, make_sampler
-from mnist_hpo.spec import StudySpec
+from mnist_hpo.search import warm_start
+from mnist_hpo.search.budget import INFEASIBLE, uses_budget
+from mnist_hpo.search.samplers import make_pruner, make_sampler
+from mnist_hpo.search.spec import StudySpec
 
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
 DATA_ATTR = "data"  # study user attr: fingerprint and source of the data the first worker used
@@ -126,7 +127,7 @@ class Progress:
 
     counts: dict[str, int]  # trial state name -> count
     budget: int
-    spent: int  # trials that use up budget (resilience.trials.uses_budget)
+    spent: int  # trials that use up budget (budget.uses_budget)
 
 
 def progress(study: optuna.Study, spec: StudySpec) -> Progress:

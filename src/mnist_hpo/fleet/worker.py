@@ -16,10 +16,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_hpo import data as data_mod
-from mnist_hpo import study as study_mod
-from mnist_hpo.checkpoints import Checkpoints
-from mnist_hpo.device import check_precision, describe_precision, resolve_device
 from mnist_hpo.errors import (
     EpochCut,
     HpoError,
@@ -29,14 +25,19 @@ from mnist_hpo.errors import (
     TrialFailed,
 )
 from mnist_hpo.events import Listener, Note, TrialFinished, ignore
-from mnist_hpo.objective import Objective
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.ml.device import check_precision, describe_precision, resolve_device
 from mnist_hpo.resilience.retries import crashes
 from mnist_hpo.resilience.retry import retrying
 from mnist_hpo.resilience.stop import Stop
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.resilience.trials import Lease, Trials
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.budget import INFEASIBLE, uses_budget
+from mnist_hpo.search.checkpoints import Checkpoints
+from mnist_hpo.search.objective import Objective
+from mnist_hpo.search.spec import StudySpec
 from mnist_hpo.settings import Settings, default_artifacts
-from mnist_hpo.spec import StudySpec
 
 POLL = 2.0  # seconds between looks at the study while waiting for other workers' last trials
 # Trials that raise an error (out of memory for a large configuration) are skipped; this many
@@ -54,7 +55,7 @@ class WorkOptions:
     n_trials: int | None = None  # this worker's own limit; None = until the study's budget
     timeout: float | None = None  # seconds; no new trial starts after this
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
-    precision: str = "auto"  # auto, fp32, bf16 (see train.pick_precision)
+    precision: str = "auto"  # auto, fp32, bf16 (see device.pick_precision)
     threads: int | None = None  # torch CPU threads per worker process (set by the CLI)
     data_dir: Path | None = None  # explicit data location (else cache, then download)
     cache: Path | None = None  # where downloaded data is kept; None = settings.cache_home()
@@ -193,6 +194,7 @@ def open_session(
         storage,
         settings,
         budget=spec.budget(),
+        counts=uses_budget,
         stop=stop,
         note=note,
         done=study_mod.stop_rule(spec),
@@ -302,8 +304,11 @@ def _failed(
 def _rejected(
     s: Session, lease: Lease, e: Infeasible, summary: WorkSummary, streak: _Streaks
 ) -> None:
+    # Recorded as such and PRUNED at zero epochs (its constraint, above 0, is set already): it
+    # uses no budget (budget.FREE_ATTRS).
     with contextlib.suppress(TakenOver):
-        lease.reject(e.why)
+        lease.annotate("rejecting it", INFEASIBLE, e.why)
+        lease.prune()
     summary.count("REJECTED")
     s.note(str(e))
     streak.rejected += 1

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mnist_hpo.gpus import assign_devices, visible_gpus
+from mnist_hpo.fleet.gpus import assign_devices, visible_gpus
+from mnist_hpo.fleet.worker import WorkOptions
 from mnist_hpo.resilience import stop
 from mnist_hpo.settings import Settings
-from mnist_hpo.worker import WorkOptions
 
 POLL = 0.2  # seconds between looks at the children: a finished worker is noticed at once
 
@@ -116,7 +116,7 @@ def run_on_ray(
 ) -> list[int]:
     """The same worker command, `plan.workers` times, as Ray actors on the cluster's nodes;
     each worker's exit code (ray_pool.LOST where its node or Ray worker died)."""
-    from mnist_hpo.ray_pool import NODE_PYTHON, RayPool
+    from mnist_hpo.fleet.ray_pool import NODE_PYTHON, RayPool
 
     device = "cuda" if plan.gpus_per_worker > 0 else "cpu"  # Ray shows a worker its GPUs only
     options = dataclasses.replace(options, device=device, threads=plan.cpus_per_worker)

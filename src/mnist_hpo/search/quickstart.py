@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from mnist_hpo import data as data_mod
 from mnist_hpo.errors import HpoError
-from mnist_hpo.spec import StudySpec, load_spec
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.search.spec import StudySpec
+from mnist_hpo.search.spec_files import load_spec
 
 SPEC = "quickstart"
 # The sample has 4,000 training digits: hold out 1,000 (a quarter, as 10,000 of MNIST's 60,000

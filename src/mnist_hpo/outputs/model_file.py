@@ -20,10 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from mnist_hpo.build import build_trial
 from mnist_hpo.errors import HpoError, UsageError
-from mnist_hpo.space import Fixed
-from mnist_hpo.spec import StudySpec
+from mnist_hpo.ml.space import Fixed
+from mnist_hpo.search.build import build_trial
+from mnist_hpo.search.spec import StudySpec
 
 FORMAT = "mnist-hpo-model"
 FORMAT_VERSION = 1

@@ -20,10 +20,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from mnist_hpo import data as data_mod
 from mnist_hpo.errors import UsageError
-from mnist_hpo.model_file import LoadedModel
-from mnist_hpo.train import EVAL_BATCH
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.ml.train import EVAL_BATCH
+from mnist_hpo.outputs.model_file import LoadedModel
 
 SIDE = 28
 BORDER = 2  # pixels of the frame judged for polarity: MNIST keeps them (almost) all black

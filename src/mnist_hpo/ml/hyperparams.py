@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mnist_hpo.augment import AUGMENTS, Augment
-from mnist_hpo.space import Hyper
-from mnist_hpo.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+from mnist_hpo.ml.augment import AUGMENTS, Augment
+from mnist_hpo.ml.space import Hyper
+from mnist_hpo.ml.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 # Levers added after the course report (schedules with warm-up, label smoothing, augmentation)
 # search only their "off" value unless a spec asks for more: a spec that does not name them,

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist_hpo.hyperparams import sample_training
-from mnist_hpo.seeds import number_seed
-from mnist_hpo.space import Hyper, Pin, TrialLike
-from mnist_hpo.spec import StudySpec
-from mnist_hpo.train import TrainConfig, prepare
+from mnist_hpo.ml.hyperparams import sample_training
+from mnist_hpo.ml.space import Hyper, Pin, TrialLike
+from mnist_hpo.ml.train import TrainConfig, prepare
+from mnist_hpo.search.seeds import number_seed
+from mnist_hpo.search.spec import StudySpec
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Speed notes (2-core CPU, measured on real MNIST; see benchmarks/):
   than these batches of 256-512 (2-core AMD EPYC, benchmarks/trainer_vs_report.py).
 - Optimizers use fused kernels on CPU and CUDA.
 - Evaluation runs in large batches under inference_mode instead of one image at a time.
-- Optional bfloat16 autocast (`precision="bf16"`) on hardware that does bfloat16 natively.
+- Optional bfloat16 autocast (`precision="bf16"`) on hardware that does bfloat16 natively
+  (device.py holds that policy: which precision a trial trains in, and where).
 - Augmentation (augment.py) transforms each gathered training batch in one batched pass, in
   float32 before autocast; validation and test images are never augmented.
 """
@@ -28,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_hpo.augment import NO_AUGMENT, Augment, Augmenter
-from mnist_hpo.data import Data
+from mnist_hpo.ml.augment import NO_AUGMENT, Augment, Augmenter
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import PRECISIONS, uses_conv
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = (
@@ -45,10 +47,6 @@ LOSSES = (
 SCHEDULES = ("constant", "cosine", "onecycle", "warmup_cosine")
 ONECYCLE_DIV = 25.0  # initial lr = lr / 25 (OneCycleLR's div_factor)
 ONECYCLE_FINAL_DIV = 1e4  # final lr = initial lr / 1e4 (OneCycleLR's final_div_factor)
-# Training arithmetic. "bf16" runs the forward pass under bfloat16 autocast (matmuls and convs
-# in bfloat16, weights, optimizer state, loss and evaluation in float32); see `bf16_native`.
-PRECISIONS = ("fp32", "bf16")
-BF16_MIN_WORK = 4_000_000  # parameters x batch size; see pick_precision
 EVAL_BATCH = 5000  # GPU: large enough to amortise per-call overhead, small enough for 2 GB (CNN)
 # CPU: activations of a 256-image CNN batch stay in cache; at 5,000 they do not. Evaluating the
 # cnn family at the report's shape (conv 32, 64, dense 128) on 10,000 images took 1.4 s in
@@ -164,56 +162,6 @@ def make_scheduler(
             opt, lambda step: lr_factor(schedule, step, total, warmup)
         )
     raise ValueError(f"unknown schedule {cfg.schedule!r}; use one of {SCHEDULES}")
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether `device` multiplies bfloat16 in hardware, so bf16 autocast is a speed-up.
-
-    CPUs need AVX-512 BF16 or AMX (oneDNN's check); elsewhere autocast emulates bfloat16 and
-    runs slower than float32. On the 2-core AMD EPYC (AVX-512 BF16) it halved an MLP step
-    (784-128-10, batch 256: 1.29 -> 0.64 ms) and cut a CNN epoch 1.4-2.4x.
-    """
-    if device.type == "cpu":
-        if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
-            return False
-        try:  # a private oneDNN query; builds without it (some non-x86 wheels) count as no
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    return False
-
-
-def auto_may_use_bf16(device: torch.device) -> bool:
-    """Whether `--precision auto` considers bf16 on `device` at all (see pick_precision)."""
-    return device.type == "cpu" and bf16_native(device)
-
-
-def pick_precision(requested: str, model: nn.Module, batch_size: int, device: torch.device) -> str:
-    """The precision a trial trains in: `requested` unless it is "auto".
-
-    auto = bf16 where benchmarks/precision.py measured no accuracy cost (tuned defaults, 3 seeds:
-    test accuracy -0.02 to +0.03 points) and where it saves time: on a CPU with native bfloat16,
-    for convolutional models and for MLPs doing at least BF16_MIN_WORK parameter-samples per step
-    (parameters x batch size). Below that autocast's casts cost more than the small matmuls save:
-    fp32/bf16 step time on the 2-core AMD EPYC was 0.60-0.94x at 0.25-3.3 M (e.g. 784-16-10 at
-    batch 128, 784-128-10 at 32), 1.19-2.55x from 4.0 M up (the perceptron at batch 512); small
-    CNNs 0.95-1.7x even at batch 32.
-    GPUs stay on fp32 until benchmarks/gpu.py has measured bf16's accuracy there.
-    """
-    if requested != "auto":
-        if requested not in PRECISIONS:
-            raise ValueError(f"unknown precision {requested!r}; use auto or one of {PRECISIONS}")
-        return requested
-    if not auto_may_use_bf16(device):
-        return "fp32"
-    work = sum(p.numel() for p in model.parameters()) * batch_size
-    return "bf16" if uses_conv(model) or work >= BF16_MIN_WORK else "fp32"
-
-
-def uses_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:

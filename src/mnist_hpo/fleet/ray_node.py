@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -16,25 +17,25 @@ NODE_PYTHON = "{node_python}"
 # Seconds one read() waits for a line before it answers empty: a line reaches the driver within
 # about this of being written, and an idle worker costs 5 small actor calls a second.
 POLL = 0.2
-SIGKILL = 9
 # Stops passed on as they are before the command is killed: the worker's first signal finishes
 # the epoch and re-queues, its second exits at once (143); a third means it did not listen.
 FORWARDED_STOPS = 2
 NOT_FOUND = 127  # the shell's code for a command that cannot be run
 
-# Started before the command on Linux: PR_SET_PDEATHSIG (1) makes the kernel SIGKILL the
-# command when the Ray worker process that started it dies, so a killed Ray worker cannot leave
-# a worker running unseen (its trial would keep a live heartbeat and never be retried). Then
+# Started before the command on Linux: PR_SET_PDEATHSIG makes the kernel SIGKILL the command
+# when the Ray worker process that started it dies, so a killed Ray worker cannot leave a
+# worker running unseen (its trial would keep a live heartbeat and never be retried). Then
 # exec: the command keeps this process id, so a signal sent to the pid reaches it directly.
-_LAUNCH = """\
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_LAUNCH = f"""\
 import ctypes, os, sys
-ctypes.CDLL(None).prctl(1, 9)
+ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, {int(signal.SIGKILL)})
 if os.getppid() != int(sys.argv[1]):
     os._exit(137)
 try:
     os.execvp(sys.argv[2], sys.argv[2:])
 except OSError as e:
-    print(f"cannot run {sys.argv[2]}: {e.strerror}", flush=True)
+    print(f"cannot run {{sys.argv[2]}}: {{e.strerror}}", flush=True)
     os._exit(127)
 """
 
@@ -107,7 +108,7 @@ class CommandRunner:
             self._stops.append(signum)
             if self._proc is not None and self._proc.poll() is None:
                 again = len(self._stops) > FORWARDED_STOPS
-                self._proc.send_signal(SIGKILL if again else signum)
+                self._proc.send_signal(signal.SIGKILL if again else signum)
 
     def _refuse(self, why: str, code: int) -> Exited:
         self._lines.put(why)

@@ -18,10 +18,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import __version__
-from mnist_hpo import study as study_mod
 from mnist_hpo.errors import HpoError
 from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.spec import StudySpec
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.spec import StudySpec
 
 TOP = 10  # trials in the table by default
 

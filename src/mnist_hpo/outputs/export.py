@@ -19,17 +19,18 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from mnist_hpo import __version__, model_file
-from mnist_hpo import data as data_mod
-from mnist_hpo import study as study_mod
-from mnist_hpo.build import build_trial, trial_seed
-from mnist_hpo.data import Data
-from mnist_hpo.device import resolve_device
+from mnist_hpo import __version__
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.ml.data import Data
+from mnist_hpo.ml.device import resolve_device
+from mnist_hpo.ml.space import Fixed
+from mnist_hpo.ml.train import EpochEnd, accuracy, train
+from mnist_hpo.outputs import model_file
 from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.space import Fixed
-from mnist_hpo.spec import StudySpec
-from mnist_hpo.train import EpochEnd, accuracy, train
+from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.build import build_trial, trial_seed
+from mnist_hpo.search.spec import StudySpec
 
 Message = Callable[[str], None]
 

@@ -1,0 +1,1 @@
+"""The workers: one worker's loop, --jobs N processes, Ray placement, GPUs and cores."""

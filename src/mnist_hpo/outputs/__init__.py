@@ -1,0 +1,1 @@
+"""What a study produces: model files, export, predict, the report, the dashboard."""
