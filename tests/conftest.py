@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -150,6 +152,39 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'studies.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+EXAMPLE_PLUGIN = ROOT / "examples" / "lenet5_family"
+
+
+@pytest.fixture(scope="session")
+def lenet5_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The example plugin (examples/lenet5_family) installed into this environment for the rest
+    of the session, then uninstalled; its entry point makes `lenet5` a family here and in every
+    CLI process the tests start.
+
+    pip installs it without build isolation or dependencies (setuptools is already here: torch
+    requires it; nothing is downloaded), not editable (an editable install's .pth file is read
+    only at interpreter start-up, so this process would not see it), and from a copy: pip builds
+    in the source folder and would leave build/ and egg-info there.
+    """
+    from mnist_hpo.families import registry
+
+    copy = tmp_path_factory.mktemp("plugin") / EXAMPLE_PLUGIN.name
+    shutil.copytree(EXAMPLE_PLUGIN, copy)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    r = subprocess.run(
+        [*pip, "install", "--no-build-isolation", "--no-deps", str(copy)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, f"cannot install the example plugin: {r.stderr}"
+    importlib.invalidate_caches()
+    registry.resolve.cache_clear()
+    yield "lenet5"
+    subprocess.run([*pip, "uninstall", "--yes", "lenet5-family"], check=True, capture_output=True)
+    importlib.invalidate_caches()
+    registry.resolve.cache_clear()
 
 
 def write_spec(folder: Path, name: str, body: str) -> Path:

@@ -1,4 +1,5 @@
-"""Every family in the registry: forward shapes, FixedTrial rebuild, declared parameters."""
+"""Every family in the registry: forward shapes, FixedTrial rebuild, declared parameters; the
+first three also over the example plugin (examples/lenet5_family, installed for the session)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from mnist_hpo.families import FAMILIES
+from mnist_hpo.families import FAMILIES, registry
 from mnist_hpo.ml import data
 from mnist_hpo.ml.device import pick_precision
 from mnist_hpo.ml.hyperparams import sample_training
@@ -24,9 +25,17 @@ def family_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=[*sorted(FAMILIES), "lenet5"])
+def any_family(request: pytest.FixtureRequest) -> str:
+    """The built-ins and the example plugin, found by its entry point as a user's would be."""
+    if request.param == "lenet5":
+        return str(request.getfixturevalue("lenet5_plugin"))
+    return str(request.param)
+
+
 def _sampled_params(name: str, seed: int) -> dict[str, object]:
     """Params of a real (random-sampler) trial of this family."""
-    fam = FAMILIES[name]
+    fam = registry.resolve(name)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     trial = study.ask()
     hp = Hyper(trial)
@@ -36,9 +45,9 @@ def _sampled_params(name: str, seed: int) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_forward_gives_ten_logits(family_name: str, seed: int) -> None:
-    fam = FAMILIES[family_name]
-    cfg = fam.sample(Hyper(optuna.trial.FixedTrial(_sampled_params(family_name, seed))))
+def test_forward_gives_ten_logits(any_family: str, seed: int) -> None:
+    fam = registry.resolve(any_family)
+    cfg = fam.sample(Hyper(optuna.trial.FixedTrial(_sampled_params(any_family, seed))))
     model = fam.build(cfg)
     out = model(torch.randn(7, 1, 28, 28))
     assert out.shape == (7, 10)
@@ -46,9 +55,9 @@ def test_forward_gives_ten_logits(family_name: str, seed: int) -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_fixed_trial_rebuilds_the_same_architecture(family_name: str) -> None:
-    fam = FAMILIES[family_name]
-    params = _sampled_params(family_name, 3)
+def test_fixed_trial_rebuilds_the_same_architecture(any_family: str) -> None:
+    fam = registry.resolve(any_family)
+    params = _sampled_params(any_family, 3)
     study = optuna.create_study()
     study.enqueue_trial(params)
     trial = study.ask()
@@ -59,10 +68,10 @@ def test_fixed_trial_rebuilds_the_same_architecture(family_name: str) -> None:
     assert n_live == sum(p.numel() for p in fam.build(rebuilt).parameters())
 
 
-def test_declared_params_cover_every_sampled_name(family_name: str) -> None:
-    declared = declared_params(FAMILIES[family_name])
+def test_declared_params_cover_every_sampled_name(any_family: str) -> None:
+    declared = declared_params(registry.resolve(any_family))
     for seed in range(5):
-        assert set(_sampled_params(family_name, seed)) <= set(declared)
+        assert set(_sampled_params(any_family, seed)) <= set(declared)
     assert {"lr", "optimizer", "loss", "batch_size"} <= set(declared)
 
 
@@ -89,13 +98,13 @@ def test_architectures_match_the_course_report() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_family_trains_one_epoch_on_real_images(
-    family_name: str, seed: int, raw_mnist: data.RawData
+    any_family: str, seed: int, raw_mnist: data.RawData
 ) -> None:
     # Through build_trial and prepare (channels_last for convolutions), the fused optimizers
     # and, where the CPU has it, bf16 autocast: what a real trial runs.
     small = data.split(raw_mnist, validation_size=500, train_size=2000)
-    params = _sampled_params(family_name, seed)
-    spec = StudySpec(name="t", family=family_name, epochs=1, n_trials=1)
+    params = _sampled_params(any_family, seed)
+    spec = StudySpec(name="t", family=any_family, epochs=1, n_trials=1)
     built = build_trial(spec, Fixed(params), seed, small.device)
     cfg = dataclasses.replace(built.cfg, lr=1e-3, optimizer="adam", loss="cross_entropy")
     precision = pick_precision("auto", built.model, cfg.batch_size, small.device)

@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import IN_CI, SMALL_SPEC, write_spec
+from conftest import EXAMPLE_PLUGIN, IN_CI, SMALL_SPEC, write_spec
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.fleet.ray_pool import LOST, NODE_PYTHON, RayPool
 from mnist_hpo.resilience import storage as storage_mod
@@ -461,6 +461,28 @@ def test_work_with_ray_runs_a_study_to_exactly_its_budget(
     assert "Traceback" not in r.stdout + r.stderr
     states = [t.state for t in _trials(url, "viaray")]
     assert len(states) == 4 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+@pytest.mark.slow
+def test_work_with_ray_runs_a_plugin_family_checked_on_each_node(
+    ray_head: str, mnist_dir: Path, tmp_path: Path, lenet5_plugin: str
+) -> None:
+    # The example plugin, installed where the nodes' Python finds it (one node here: this
+    # environment), as docs/families.md asks of every node.
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = load_spec(str(EXAMPLE_PLUGIN / "lenet5.toml"))
+    study_mod.create(storage_mod.open_storage(url), spec)
+    env = {**os.environ, "MNIST_HPO_ARTIFACTS": str(tmp_path / "artifacts")}
+    cmd = [sys.executable, "-m", "mnist_hpo", "work", "lenet5", "--storage", url]
+    cmd += ["--data-dir", str(mnist_dir), "--ray", ray_head, "--workers", "2"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for label in ("w0", "w1"):  # each worker resolved the plugin and compared its origin
+        assert f"[{label}] family lenet5: plugin lenet5_family.lenet5 (package lenet5-family" in (
+            r.stdout
+        ), r.stdout
+    assert "trials: 4/4 of the budget used" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
 
 
 def test_work_with_ray_and_jobs_is_one_sentence(tmp_path: Path) -> None:

@@ -68,6 +68,11 @@ def create_study(
         f"{parsed.epochs} epochs/trial, {parsed.budget()} trials, {parsed.sampler} sampler, "
         f"{parsed.pruner} pruner, dataset {parsed.dataset}"
     )
+    if not (origin := parsed.family_def.origin).built_in:
+        typer.echo(
+            f"family {parsed.family}: {origin.describe()}; recorded with the study, so every "
+            "worker must have the same code"
+        )
     if parsed.enqueue:
         typer.echo(f"enqueued {len(parsed.enqueue)} starting configuration(s)")
     if parsed.multi_objective:
@@ -97,6 +102,7 @@ def status(study: StudyArg, storage: StorageOpt = None) -> None:
 
 
 def print_status(url: str, name: str) -> None:
+    from mnist_hpo.search import family_origin
     from mnist_hpo.search import study as study_mod
 
     with reading():
@@ -109,6 +115,9 @@ def print_status(url: str, name: str) -> None:
     )
     if spec.description:
         typer.echo(f"  {spec.description}")
+    origin = family_origin.recorded(study.user_attrs)
+    if origin is not None and not origin.built_in:
+        typer.echo(f"family {spec.family}: {origin.describe()}")
     data = study.user_attrs.get(study_mod.DATA_ATTR)
     typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
     p = summary.progress
@@ -260,16 +269,24 @@ def delete_study(
 @app.command()
 @command
 def families() -> None:
-    """The model families and the parameters each one searches."""
-    from mnist_hpo.families import FAMILIES
+    """The model families, built-in and from installed plugins: where each comes from and the
+    parameters it searches."""
+    from mnist_hpo.families.registry import available
     from mnist_hpo.ml.hyperparams import SPEC_DEPENDENT
     from mnist_hpo.search.spec import declared_params
 
-    for fam in FAMILIES.values():
-        typer.secho(fam.name, bold=True, nl=False)
-        typer.echo(f": {fam.summary}")
-        for name, param in sorted(declared_params(fam).items()):
+    for listed in available():
+        typer.secho(listed.name, bold=True, nl=False)
+        if listed.family is None:
+            typer.echo(f" [{listed.origin}]: unusable: {listed.problem}")
+            continue
+        typer.echo(f" [{listed.origin}]: {listed.family.summary}")
+        for name, param in sorted(declared_params(listed.family).items()):
             typer.echo(f"    {name:<14} {SPEC_DEPENDENT.get(name) or param.describe()}")
+    typer.echo(
+        'A spec may also name a module that holds a family: family = "my_pkg.lenet5"; plugins '
+        "and the family contract: docs/families.md"
+    )
 
 
 @app.command("studies")

@@ -135,7 +135,8 @@ def prepare(
     data (downloaded here once, not by N workers at the same time). `here=False` (workers on
     other machines): the study only; each node checks its own device and finds its own data."""
     storage = open_storage(storage_url, must_exist=True, wait=settings.storage_wait)
-    _, spec = study_mod.load(storage, study_name)
+    study, spec = study_mod.load(storage, study_name)
+    study_mod.check_family(study, spec)  # once here, not once per worker
     storage.engine.dispose()  # hold no database connection while the workers run
     if not here:
         return
@@ -170,6 +171,7 @@ def open_session(
 
     storage = open_storage(storage_url, must_exist=True, wait=settings.storage_wait)
     study, spec = storage_step("loading the study", lambda: study_mod.load(storage, study_name))
+    storage_step("checking the family", lambda: study_mod.check_family(study, spec))
     raw = data_mod.load(
         spec.dataset,
         options.data_dir,
@@ -189,6 +191,8 @@ def open_session(
         f"validation / {len(split.test_x):,} test images on {device}"
     )
     note(f"precision: {describe_precision(options.precision, device)}")
+    if not (origin := spec.family_def.origin).built_in:
+        note(f"family {spec.family}: {origin.describe()}")
     trials = Trials(
         study,
         storage,

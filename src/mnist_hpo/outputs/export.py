@@ -117,6 +117,7 @@ def export_best(
     reproduction); the data must be the data the study ran on.
     """
     study, spec = study_mod.load(open_storage(storage_url, must_exist=True), study_name)
+    study_mod.check_family(study, spec)  # the trial is rebuilt (retrained) with this code
     trial = pick_trial(study, trial_number)
     raw = data_mod.load(
         spec.dataset, data_dir, cache_dir=cache_dir, download=download, message=message
@@ -155,6 +156,7 @@ def _meta(
         "format": model_file.FORMAT,
         "format_version": model_file.FORMAT_VERSION,
         "family": spec.family,
+        "family_origin": spec.family_def.origin.to_dict(),
         "params": dict(trial.params),
         "spec": spec.to_dict(),
         "normalisation": {"mean": mean, "std": std},

@@ -1,8 +1,10 @@
 """The model file `export-best` writes and `predict` reads: safetensors tensors + a JSON header.
 
 Raw tensors and a JSON header, no pickle, so loading a file from someone else cannot run code.
-The header's `mnist_hpo` entry holds the family, the trial's parameters and the study spec (the
-architecture is rebuilt from them by build.build_trial, the code the workers ran), the
+The header's `mnist_hpo` entry holds the family and where its code came from (a plugin's package
+and version, so `predict` elsewhere can say what to install), the trial's parameters and the
+study spec (the architecture is rebuilt from them by build.build_trial, the code the workers
+ran), the
 normalisation the model expects (mean and std of the study's training split) and the
 accuracies. This module imports neither Optuna nor SQLAlchemy: `predict` starts fast.
 """
@@ -21,7 +23,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.families.registry import UnknownFamily
 from mnist_hpo.ml.space import Fixed
+from mnist_hpo.search import family_origin
 from mnist_hpo.search.build import build_trial
 from mnist_hpo.search.spec import StudySpec
 
@@ -74,12 +78,16 @@ def load_model(path: Path) -> LoadedModel:
     meta, tensors = _read(path)
     try:
         spec = StudySpec.from_dict(meta["spec"], source=f"the spec stored in {path}")
+        family_origin.check(f"model file {path}", spec.family_def, family_origin.recorded(meta))
         model = rebuild(spec, meta["params"], torch.device("cpu"))
         model.load_state_dict(tensors, strict=True)
         for key in ("mean", "std"):
             float(meta["normalisation"][key])
         if meta["outputs"] not in ("logits", "scores"):
             raise ValueError(f"unknown outputs {meta['outputs']!r}")
+    except UnknownFamily as e:  # its plugin is not installed here: say which to install
+        where, origin = f"model file {path}", family_origin.recorded(meta)
+        raise family_origin.missing(where, e.name, origin) from None
     except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise _invalid(path, f"{type(e).__name__}: {reason[:REASON_CHARS]}") from None

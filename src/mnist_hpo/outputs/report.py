@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist_hpo import __version__
 from mnist_hpo.errors import HpoError
 from mnist_hpo.resilience.storage import open_storage
+from mnist_hpo.search import family_origin
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.spec import StudySpec
 
@@ -128,6 +129,7 @@ def _summary(
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
     rows = [
         ("family", f"{spec.family} — {spec.family_def.summary}"),
+        ("family origin", _origin(study)),
         ("description", spec.description or "—"),
         ("per trial", f"{spec.epochs} epochs, pruned by the {spec.pruner} pruner"),
         ("sampler", f"{spec.sampler}, seed {spec.seed}"),
@@ -165,6 +167,11 @@ def _summary(
         "is recorded once per completed trial and never drives pruning or selection.</p>"
         "</section>"
     )
+
+
+def _origin(study: optuna.Study) -> str:
+    origin = family_origin.recorded(study.user_attrs)
+    return origin.describe() if origin else "not recorded (a study created before origins were)"
 
 
 def _top_table(top: Sequence[FrozenTrial], n_complete: int) -> str:

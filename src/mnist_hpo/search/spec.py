@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from mnist_hpo.errors import UsageError
-from mnist_hpo.families import FAMILIES, Family
+from mnist_hpo.families import Family, contract, registry
 from mnist_hpo.ml.datasets import DATASETS, TRAIN_IMAGES
 from mnist_hpo.ml.hyperparams import sample_training
 from mnist_hpo.ml.space import (
@@ -45,7 +45,7 @@ MAX_PARAMS = 10**9  # a parameter budget above a billion is no budget for MNIST 
 @dataclass(frozen=True)
 class StudySpec:
     name: str  # study name in storage; defaults to the spec file's stem
-    family: str  # a key of families.FAMILIES
+    family: str  # a built-in's or an installed plugin's name, or a module path (registry)
     epochs: int  # epochs per trial; pruning may stop a trial earlier
     n_trials: int  # study-wide budget, shared by all workers
     sampler: str = "tpe"  # a key of algorithms.SAMPLERS
@@ -82,7 +82,7 @@ class StudySpec:
 
     @property
     def family_def(self) -> Family:
-        return FAMILIES[self.family]
+        return registry.resolve(self.family)
 
     @cached_property
     def overrides(self) -> dict[str, Override]:
@@ -130,6 +130,17 @@ class StudySpec:
         return parse(dict(data), source=source, default_name=str(data.get("name", "")), stored=True)
 
 
+def check_configurations(spec: StudySpec) -> None:
+    """Run the family's code on what the spec fixes (contract.check): the search's smallest
+    and largest configuration under its [params] and [grid], and each [[enqueue]] block, must
+    build a model that maps a zero batch to 10 logits. create-study calls it, so a pinned
+    configuration that cannot build is one sentence there, not a failed trial per worker."""
+    try:
+        contract.check(spec.family_def, spec.overrides, spec.enqueue)
+    except contract.BrokenFamily as e:
+        raise contract.BrokenFamily(f"spec {spec.name!r}: {e}") from None
+
+
 def declared_params(family: Family, epochs: int = MAX_EPOCHS) -> dict[str, Param]:
     """Every parameter a spec may name for this family: its architecture plus training, under
     every value a spec may pick (warmup exists only for the warm-up schedules, for example).
@@ -168,7 +179,7 @@ def parse(
     check.scalars()
     check.goals()
     check.algorithm_options()
-    family = FAMILIES[data["family"]]
+    family = check.family(stored=stored)
     declared = declared_params(family, data["epochs"])
     overrides = check.overrides(family, declared)
     check.enqueue(family, declared, overrides, stored=stored)
@@ -203,7 +214,7 @@ class _Checker:
         name = self.data["name"]
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise self.fail(f"name {name!r} must be letters, digits, '-', '_' or '.'")
-        self._text("family", FAMILIES)
+        self._text("family")
         self._text("sampler", SAMPLERS)
         self._text("pruner", PRUNERS)
         self._text("dataset", DATASETS)
@@ -230,6 +241,17 @@ class _Checker:
             raise self.fail(f"{key} must be a string, got {v!r}")
         if allowed is not None and v not in allowed:
             raise self.fail(f"{key} {v!r} is not known; use one of {', '.join(allowed)}")
+
+    def family(self, *, stored: bool) -> Family:
+        name = self.data["family"]
+        try:
+            if not stored:  # a study already made with the built-in keeps it
+                registry.refuse_shadowed(name)
+            return registry.resolve(name)
+        except registry.UnknownFamily as e:  # its type tells a worker to say what to install
+            raise registry.UnknownFamily(name, f"{self.source}: {e}") from None
+        except UsageError as e:
+            raise self.fail(str(e)) from None
 
     def objectives(self) -> None:
         objectives = self.data.get("objectives", ["accuracy"])

@@ -15,12 +15,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import __version__
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.families.registry import UnknownFamily
 from mnist_hpo.ml.data import RawData
 from mnist_hpo.resilience.retries import MAX_RETRY, not_retried
-from mnist_hpo.search import warm_start
+from mnist_hpo.search import family_origin, warm_start
 from mnist_hpo.search.budget import INFEASIBLE, uses_budget
 from mnist_hpo.search.samplers import make_pruner, make_sampler
-from mnist_hpo.search.spec import StudySpec
+from mnist_hpo.search.spec import StudySpec, check_configurations
 
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
 DATA_ATTR = "data"  # study user attr: fingerprint and source of the data the first worker used
@@ -34,6 +35,7 @@ def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
     silently changing the search under running workers would mix two experiments.
     """
     wanted = spec.to_dict()
+    check_configurations(spec)
     sources = [warm_start.source(storage, spec, name, read_spec) for name in spec.warm_start]
     try:
         study = optuna.create_study(
@@ -46,6 +48,7 @@ def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
         stored = study.user_attrs.get(SPEC_ATTR)
         # Read back through StudySpec: a spec stored before a key existed has its default.
         if stored is not None and StudySpec.from_dict(stored).to_dict() == wanted:
+            check_family(study, spec)
             return study, False
         if stored is not None or study.trials:
             differ = sorted(k for k in wanted if (stored or {}).get(k) != wanted[k])
@@ -61,6 +64,7 @@ def create(storage: RDBStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
         study.set_metric_names(spec.metric_names())
     study.set_user_attr(SPEC_ATTR, wanted)
     study.set_user_attr("created_by", f"mnist-hpo {__version__}")
+    study.set_user_attr(family_origin.ATTR, spec.family_def.origin.to_dict())
     if sources:
         study.set_user_attr(WARM_ATTR, warm_start.copy_trials(study, spec, sources))
     for params, user_attrs in spec.enqueued():
@@ -77,13 +81,18 @@ def read_spec(storage: RDBStorage, name: str) -> StudySpec:
         raise HpoError(
             f"no study named {name!r} ({hint}); create it with `mnist-hpo create-study {name}`"
         ) from None
-    stored = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    attrs = storage.get_study_user_attrs(study_id)
+    stored = attrs.get(SPEC_ATTR)
     if stored is None:
         raise HpoError(
             f"study {name!r} was not created by mnist-hpo (it has no spec); create one with "
             "`mnist-hpo create-study`"
         )
-    return StudySpec.from_dict(stored, source=f"the spec stored in study {name!r}")
+    try:
+        return StudySpec.from_dict(stored, source=f"the spec stored in study {name!r}")
+    except UnknownFamily as e:  # a plugin that is not installed here: say which to install
+        where = f"study {name!r}"
+        raise family_origin.missing(where, e.name, family_origin.recorded(attrs)) from None
 
 
 def load(storage: RDBStorage, name: str) -> tuple[optuna.Study, StudySpec]:
@@ -119,6 +128,13 @@ def check_data(study: optuna.Study, raw: RawData, *, record: bool = True) -> Non
             f"study {study.study_name!r} was run on other data ({recorded['source']}) than "
             f"found here ({raw.source}); point MNIST_HPO_DATA at the same files"
         )
+
+
+def check_family(study: optuna.Study, spec: StudySpec) -> None:
+    """Refuse to run the study's trials with other code than it was created with: a plugin of
+    another version, or an edited source (family_origin.check)."""
+    then = family_origin.recorded(study.user_attrs)
+    family_origin.check(f"study {study.study_name!r}", spec.family_def, then)
 
 
 @dataclass(frozen=True)
@@ -224,6 +240,7 @@ def best_record(study: optuna.Study, spec: StudySpec, t: FrozenTrial) -> dict[st
     return {
         "study": study.study_name,
         "family": spec.family,
+        "family_origin": study.user_attrs.get(family_origin.ATTR),
         "trial": t.number,
         "val_accuracy": t.values[0],
         "validation_accuracy": t.values[0],  # the name before 0.2; kept for scripts
