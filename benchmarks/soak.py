@@ -7,7 +7,12 @@ while a supervisor hits a random worker every few seconds:
 - STOP: a pause past the grace period (SIGSTOP, then SIGCONT after grace + 2 s), as a VM
   pause, a closed laptop lid or a scheduler's suspend does: another worker takes the paused
   one's trial over, and the paused worker, once it wakes, must let it go and carry on.
-Then it counts what a user would care about:
+With --corrupt (SIGKILL only), each kill also damages the killed trial's checkpoint files before
+its retry can start (a torn write, a bad disk, a partial sync of a shared folder), in turn:
+random bytes over the newest, the newest cut to half, another trial's (or an older epoch's)
+file copied over the newest, every file of the chain overwritten. The retry must skip them
+and resume from the newest one that reads, or from scratch. Then it counts what a user would
+care about:
 
 - trials/s of both runs and their ratio, and the best validation accuracy of each;
 - retries: trials failed by the heartbeat and re-queued, and how many resumed from a
@@ -23,7 +28,7 @@ Heartbeat 1 s, grace 5 s (MNIST_HPO_HEARTBEAT / MNIST_HPO_GRACE), as in the test
 
     MNIST_HPO_DATA=/path/to/mnist .venv/bin/python benchmarks/soak.py \\
         [--workers 4] [--trials 24] [--kills 5] [--signal KILL|TERM|STOP]
-        [--backends sqlite,postgres] [--seed 0]
+        [--backends sqlite,postgres] [--seed 0] [--corrupt]
 
 40 workers on one PostgreSQL, 20 per core, no faults at all (heartbeats run late under the
 overload; a worker judged dead while only slow must let its trial go and go on):
@@ -88,6 +93,9 @@ class Outcome:
     bad_codes: tuple[int, ...] = ()  # unexpected worker exit codes
     unretried: tuple[str, ...] = ()  # each FAIL trial without a finished retry, and its retries
     given_up: int = 0  # trials of chains whose worker the soak killed MAX_RETRY + 1 times
+    corrupted: int = 0  # checkpoint files damaged after a kill (--corrupt)
+    skipped: int = 0  # damaged files the retries skipped ("...; skipped" lines)
+    from_scratch: int = 0  # retries that found no checkpoint that reads
 
 
 def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> Outcome:
@@ -117,7 +125,7 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
 
     rng = random.Random(args.seed)
     procs = [spawn() for _ in range(args.workers)]
-    done_kills = 0
+    done_kills = corrupted = 0
     killed: set[int] = set()  # pids of the workers this run killed
     next_kill = time.monotonic() + rng.uniform(8, 12)  # workers take ~5 s to start
     while any(p.poll() is None for p in procs):
@@ -128,9 +136,11 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
                 break
             # Prefer a worker in the middle of a trial (its pid is in the trial's "worker"
             # attr): killing one that is still importing torch tests nothing.
+            # With --corrupt, one with a finished epoch: a checkpoint to damage.
             running = {
                 str(t.user_attrs.get("worker", "")).rsplit(":", 1)[-1]
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.intermediate_values or not args.corrupt
             }
             busy = [p for p in alive if str(p.pid) in running]
             if not busy and time.monotonic() < next_kill + BUSY_WAIT:
@@ -143,6 +153,8 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
                 victim.send_signal(signal.SIGCONT)
             else:
                 victim.wait()
+                if args.corrupt:  # before the grace runs out: the retry finds them damaged
+                    corrupted += corrupt(study, artifacts, victim.pid, rng, done_kills)
                 procs.append(spawn())  # the restart policy
             done_kills += 1
             next_kill = time.monotonic() + rng.uniform(2, 6)
@@ -157,12 +169,14 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
     }[args.sig]
     bad_codes = sorted(p.returncode for p in procs if p.returncode not in ok)
     bad_exits = len(bad_codes)
-    errors = taken_over = 0
+    errors = taken_over = skipped = from_scratch = 0
     for log in logs.iterdir():
         text = log.read_text(errors="replace")
         errors += text.count("Traceback") + text.count("database is locked")
         errors += text.count("error:")
         taken_over += text.count("was taken over by another worker")
+        skipped += text.count("; skipped")
+        from_scratch += text.count("starts from scratch")
 
     trials = study_mod.load(storage_mod.open_storage(url), name)[0].get_trials()
     finished = {TrialState.COMPLETE, TrialState.PRUNED}
@@ -205,7 +219,49 @@ def run_study(url: str, folder: Path, args: argparse.Namespace, kills: int) -> O
         bad_codes=tuple(bad_codes),
         unretried=unretried,
         given_up=len(by_design),
+        corrupted=corrupted,
+        skipped=skipped,
+        from_scratch=from_scratch,
     )
+
+
+CORRUPTIONS = ("random bytes", "cut to half", "another file", "every file")
+
+
+def corrupt(study: optuna.Study, artifacts: Path, pid: int, rng: random.Random, n: int) -> int:
+    """Damage the checkpoint files of the trial worker `pid` was running when it was killed,
+    the n-th way of CORRUPTIONS; how many files were damaged (0: it had written none)."""
+    ran = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if str(t.user_attrs.get("worker", "")).rsplit(":", 1)[-1] == str(pid)
+    ]
+    keys = [str(t.user_attrs["checkpoint"]["key"]) for t in ran if "checkpoint" in t.user_attrs]
+    files = (
+        sorted(
+            (p for p in artifacts.glob(f"{keys[0]}-*") if not p.name.endswith(".partial")),
+            key=lambda p: int(p.name.rsplit("-e", 1)[1]),
+        )
+        if keys
+        else []
+    )
+    if not files:
+        return 0
+    how, newest = CORRUPTIONS[n % len(CORRUPTIONS)], files[-1]
+    if how == "every file":
+        for f in files:
+            f.write_bytes(rng.randbytes(f.stat().st_size))
+        return len(files)
+    # Another trial's checkpoint if there is one, else an older epoch of this chain.
+    others = [p for p in artifacts.iterdir() if not p.name.startswith(keys[0])] or files[:-1]
+    others = [p for p in others if not p.name.endswith(".partial")]
+    if how == "another file" and others:
+        newest.write_bytes(rng.choice(others).read_bytes())
+    elif how == "cut to half":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    else:  # random bytes, or another file where there is none
+        newest.write_bytes(rng.randbytes(newest.stat().st_size))
+    return 1
 
 
 def killed_out(trials: list[FrozenTrial], killed: set[int]) -> set[int]:
@@ -279,6 +335,12 @@ def report(backend: str, label: str, o: Outcome, trials: int) -> None:
             else ""
         )
         + (f"  (live workers judged dead: {o.taken_over})" if o.taken_over else "")
+        + (
+            f"  corrupted {o.corrupted} checkpoint file(s): {o.skipped} skipped by retries, "
+            f"{o.from_scratch} retries from scratch"
+            if o.corrupted
+            else ""
+        )
     )
     for kind, n in o.lost.items():
         if n:
@@ -301,9 +363,18 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="Skip the undisturbed runs.")
     p.add_argument("--logs", type=Path, help="Keep every worker's log in this folder.")
+    p.add_argument(
+        "--corrupt",
+        action="store_true",
+        help="After each SIGKILL, damage the killed trial's checkpoints before its retry.",
+    )
     args = p.parse_args()
+    if args.corrupt and args.signal != "KILL":
+        p.error("--corrupt damages a killed trial's checkpoints: use it with --signal KILL")
     args.sig = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP}[args.signal]
     faulty = f"SIG{args.signal}s" if args.kills else "no faults"
+    if args.corrupt and args.kills:
+        faulty += "+corrupt"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lost_total = 0
     print(

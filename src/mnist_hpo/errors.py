@@ -1,5 +1,7 @@
 """The one user-facing error type, and the few exceptions that steer a worker's control flow."""
 
+from __future__ import annotations
+
 
 class HpoError(Exception):
     """A problem the user can fix. The message is shown as is, without a traceback.
@@ -15,6 +17,31 @@ class UsageError(HpoError):
     """Bad input on the command line or in a study spec."""
 
     exit_code = 2
+
+
+class EnvironmentFault(HpoError):
+    """The environment broke, not a trial: a full or read-only disk, an artifact folder gone, an
+    S3 store unreachable or refusing (resilience/environment.py tells these apart).
+
+    A worker hands its trial back (re-queued as after a stop, checkpoints kept) and exits with
+    74, sysexits.h's EX_IOERR, so that a supervisor can tell "fix the machine" from a bug (1).
+    `problem` names the resource and what is wrong, `advice` what to do.
+    """
+
+    exit_code = 74
+
+    def __init__(self, problem: str, advice: str, outcome: str = "") -> None:
+        if outcome:  # a worker's last words: what became of its trial, then what to do
+            super().__init__(f"{problem}; {outcome}; {advice}, then start the worker again")
+        else:
+            super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+        self.advice = advice
+        self.outcome = outcome
+
+    def stopping(self, outcome: str) -> EnvironmentFault:
+        """The same fault, saying what became of the worker's trial."""
+        return EnvironmentFault(self.problem, self.advice, outcome)
 
 
 class Interrupted(HpoError):

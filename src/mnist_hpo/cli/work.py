@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from mnist_hpo.errors import Interrupted, UsageError
+from mnist_hpo.errors import EnvironmentFault, Interrupted, UsageError
 from mnist_hpo.events import Note
 from mnist_hpo.fleet.cores import threads_per_job
 from mnist_hpo.settings import Settings, default_artifacts
@@ -174,10 +174,21 @@ def _work(
             err=True,
         )
 
+    def environment_fault(worker: int) -> None:
+        typer.secho(
+            f"w{worker} stopped: the disk or the artifact store failed (its error line says "
+            "what to fix); asking the other workers to stop after their current epoch and "
+            "re-queue their trials",
+            fg="yellow",
+            err=True,
+        )
+
     if ray is None:
         commands = pool.local_commands(url, study, options, settings, jobs=jobs, verbose=verbose)
         typer.echo(f"starting {jobs} worker processes with {options.threads} thread(s) each")
-        code = pool.run_many(commands, on_first_signal=first_signal)
+        code = pool.run_many(
+            commands, on_first_signal=first_signal, on_environment_fault=environment_fault
+        )
     else:
         code = _work_on_ray(ray, url, study, options, settings, verbose, first_signal)
     if code == 0:
@@ -255,6 +266,10 @@ def _work_here(
     except Interrupted as e:
         if label:  # say which of `--jobs N`'s workers this is
             raise Interrupted(f"[{label}] {e}", e.signum) from None
+        raise
+    except EnvironmentFault as e:
+        if label:
+            raise EnvironmentFault(f"[{label}] {e.problem}", e.advice, e.outcome) from None
         raise
     finally:
         uninstall()

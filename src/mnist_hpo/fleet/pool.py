@@ -9,12 +9,14 @@ passes SIGTERM / Ctrl-C on and reports the worst exit code.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mnist_hpo.errors import EnvironmentFault
 from mnist_hpo.fleet.gpus import assign_devices, visible_gpus
 from mnist_hpo.fleet.worker import WorkOptions
 from mnist_hpo.resilience import stop
@@ -142,30 +144,52 @@ def run_on_ray(
 
 
 def worst(codes: list[int]) -> int:
-    """The exit code of several workers: 0 if all were, else the largest non-zero one."""
+    """The exit code of several workers: 0 if all were, else EnvironmentFault's if a worker had
+    it (the others were stopped because of it), else the largest non-zero one."""
+    if EnvironmentFault.exit_code in codes:
+        return EnvironmentFault.exit_code
     return max(codes, key=lambda c: (c != 0, c))
 
 
-def run_many(commands: list[list[str]], *, on_first_signal: Callable[[int], None]) -> int:
+def _nobody(_worker: int) -> None:
+    """The default: nobody to tell."""
+
+
+def run_many(
+    commands: list[list[str]],
+    *,
+    on_first_signal: Callable[[int], None],
+    on_environment_fault: Callable[[int], None] = _nobody,
+) -> int:
     """Run the commands as worker processes until all end; the worst exit code (0 if all did).
 
     The workers run in their own process group, so a terminal's Ctrl-C reaches them once,
     through here: the first signal asks each to stop after its epoch, a second stops them at
-    once (each worker's own second-signal rule).
+    once (each worker's own second-signal rule). A worker that exits on an environment fault
+    (a full disk, a store gone) has handed its trial back; the others, on the same machine and
+    store, are stopped the same way: SIGTERM, after `on_environment_fault(its index)`.
     """
     procs = [subprocess.Popen(cmd, process_group=0) for cmd in commands]
     received: list[int] = []
+
+    def signal_all(signum: int) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
 
     def forward(signum: int) -> None:
         received.append(signum)
         if len(received) == 1:
             on_first_signal(signum)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        signal_all(signum)
 
     with stop.forwarding(forward):
         while any(p.poll() is None for p in procs):
+            faulted = [i for i, p in enumerate(procs) if p.poll() == EnvironmentFault.exit_code]
+            if faulted and not received:
+                on_environment_fault(faulted[0])
+                received.append(signal.SIGTERM)  # a Ctrl-C after this is the second signal
+                signal_all(signal.SIGTERM)
             time.sleep(POLL)
     # A worker killed by a signal has a negative code; report it as the shell does (128 + N).
     return worst([128 - p.returncode if p.returncode < 0 else p.returncode for p in procs])

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo.errors import (
+    EnvironmentFault,
     EpochCut,
     HpoError,
     Infeasible,
@@ -209,6 +210,17 @@ def open_session(
 
 
 def loop(s: Session) -> WorkSummary:
+    """Trials until a limit; an artifact store that fails outside a trial (removing a finished
+    trial's checkpoints) stops the worker too, with nothing to hand back."""
+    try:
+        return _loop(s)
+    except EnvironmentFault as e:
+        if e.outcome:  # said already, with its trial handed back
+            raise
+        raise e.stopping("no trial was running or lost") from None
+
+
+def _loop(s: Session) -> WorkSummary:
     summary, started, streak = WorkSummary(), time.monotonic(), _Streaks()
     while not (reason := _limit_reached(s.options, summary, started)):
         _sweep_dead(s)
@@ -278,6 +290,11 @@ def _run_one(s: Session, lease: Lease, summary: WorkSummary, streak: _Streaks) -
         except TakenOver as e:
             s.note(str(e))
             return
+        except EnvironmentFault as e:
+            # The disk or the store broke, not the trial: re-queued as after a stop (its
+            # checkpoints kept, never given up for it), and this worker stops at the first sign
+            # (any trial would fail the same way here) instead of burning through configurations.
+            raise e.stopping(lease.hand_back("handed back, not failed")) from None
         except TrialFailed as e:
             _failed(s, lease, e, summary, streak)
             return

@@ -22,11 +22,12 @@ from mnist_hpo.ml import latency
 from mnist_hpo.ml.data import Data
 from mnist_hpo.ml.device import pick_precision
 from mnist_hpo.ml.train import EpochEnd, TrainResult, accuracy, train
+from mnist_hpo.resilience.environment import environment_fault
 from mnist_hpo.resilience.retries import original_number
 from mnist_hpo.resilience.trials import Lease
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import Built, build_trial, trial_seed
-from mnist_hpo.search.checkpoints import Checkpoints, Pointer, new_key
+from mnist_hpo.search.checkpoints import Checkpoints, Pointer, Resume, new_key
 from mnist_hpo.search.spec import PINS_ATTR, StudySpec
 
 ERROR_CHARS = 300  # of a trial's error message kept in its `error` user attr
@@ -45,15 +46,22 @@ class Objective:
         the last epoch first, then parameters and latency where the spec asks for them).
 
         Raises optuna.TrialPruned when the pruner stops it, ControlFlow when the worker must
-        hand it back or let it go, and TrialFailed when the trial itself raised: out of memory
-        for a large configuration, a GPU error, a bug. Those are told apart by class, not by a
-        list of exceptions to let through.
+        hand it back or let it go, EnvironmentFault when the disk or the artifact store failed
+        under it (the worker hands it back too), and TrialFailed when the trial itself raised:
+        out of memory for a large configuration, a GPU error, a bug. Those are told apart by
+        class and by resilience.environment's one rule, not by a list of exceptions to let
+        through.
         """
         try:
             return self._run(lease)
         except (ControlFlow, HpoError, optuna.TrialPruned):
-            raise
-        except Exception as e:  # the trial's own fault, whatever it is: recorded, not fatal
+            raise  # HpoError includes EnvironmentFault: an artifact store that failed
+        except Exception as e:
+            # A full disk or a failing one anywhere in the trial is the machine's fault (the
+            # wall's one rule); anything else is the trial's own: recorded, not fatal.
+            fault = environment_fault(e)
+            if fault is not None:
+                raise fault from e
             raise TrialFailed(lease.number, one_line(e)) from e
 
     def _run(self, lease: Lease) -> list[float]:
@@ -170,21 +178,35 @@ class Objective:
         epoch = max(frozen.intermediate_values, default=0)  # the last epoch reported
         if epoch < 1:
             return mine, None
-        try:
-            return mine, self.checkpoints.load_inherited(frozen, epoch)
-        except LookupError as e:
-            self.listener(
-                Note(
-                    f"trial {lease.number} starts from scratch: {e} (several machines need one "
-                    "shared artifact location: MNIST_HPO_ARTIFACTS)"
-                )
-            )
-            return mine, None
+        resume = self.checkpoints.resume(frozen, epoch)
+        for line in _resume_notes(lease.number, epoch, resume):
+            self.listener(Note(line))
+        return mine, resume.state
 
     def cleanup(self, trial: FrozenTrial) -> None:
         """Delete the checkpoints of a trial that finished (COMPLETE or PRUNED) or was given
         up: every attempt's of its retry chain."""
         self.checkpoints.remove_chain(trial, self.spec.epochs)
+
+
+def _resume_notes(number: int, epoch: int, resume: Resume) -> list[str]:
+    """What a retry says when its checkpoints were not all there: each damaged file skipped,
+    then from which epoch it resumes if not its last reported one."""
+    notes = [f"trial {number}: {damaged}; skipped" for damaged in resume.damaged]
+    if resume.state is None:
+        why = (
+            "no checkpoint of its chain reads"
+            if resume.damaged
+            else f"{resume.reasons[0]} (several machines need one shared artifact location: "
+            "MNIST_HPO_ARTIFACTS)"
+        )
+        notes.append(f"trial {number} starts from scratch: {why}")
+    elif resume.state["epoch"] < epoch:
+        why = "its newer checkpoints do not read" if resume.damaged else resume.reasons[0]
+        notes.append(
+            f"trial {number} resumes after epoch {resume.state['epoch']}, not {epoch}: {why}"
+        )
+    return notes
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
