@@ -9,11 +9,13 @@ passes SIGTERM / Ctrl-C on and reports the worst exit code.
 from __future__ import annotations
 
 import dataclasses
+import os
+import queue
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from mnist_hpo.fleet.gpus import assign_devices, visible_gpus
 from mnist_hpo.fleet.worker import WorkOptions
@@ -47,10 +49,12 @@ def worker_command(
     *,
     label: str,
     verbose: bool,
+    log_format: str = "json",
     python: str = sys.executable,
 ) -> list[str]:
     """The command line of one worker process: every setting explicit, nothing inherited.
-    `label` prefixes its lines ("" where the launcher labels them itself)."""
+    `label` names it in its lines ("" where the launcher labels them itself); `log_format`
+    json: one record a line, which the launcher reads back into events (cli/live.py)."""
     return [
         python,
         "-m",
@@ -65,6 +69,8 @@ def worker_command(
         *options_argv(settings),
         *(["--verbose"] if verbose else []),
         *(["--label", label] if label else []),
+        "--log-format",
+        log_format,
     ]
 
 
@@ -146,14 +152,40 @@ def worst(codes: list[int]) -> int:
     return max(codes, key=lambda c: (c != 0, c))
 
 
-def run_many(commands: list[list[str]], *, on_first_signal: Callable[[int], None]) -> int:
+# A worker's line: (which command, the line without its newline, whether it came on stderr).
+OnLine = Callable[[int, str, bool], None]
+
+
+def run_many(
+    commands: list[list[str]],
+    *,
+    on_first_signal: Callable[[int], None],
+    on_line: OnLine | None = None,
+) -> int:
     """Run the commands as worker processes until all end; the worst exit code (0 if all did).
 
     The workers run in their own process group, so a terminal's Ctrl-C reaches them once,
     through here: the first signal asks each to stop after its epoch, a second stops them at
-    once (each worker's own second-signal rule).
+    once (each worker's own second-signal rule). With `on_line`, their stdout and stderr are
+    read line by line and handed to it in this thread (else they write to this process's).
     """
-    procs = [subprocess.Popen(cmd, process_group=0) for cmd in commands]
+    piped = subprocess.PIPE if on_line is not None else None
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as soon as it is written
+    procs = [
+        subprocess.Popen(
+            cmd, process_group=0, stdout=piped, stderr=piped, text=True, errors="replace", env=env
+        )
+        for cmd in commands
+    ]
+    lines: queue.Queue[tuple[int, str, bool]] = queue.Queue()
+    readers = [
+        threading.Thread(target=_pump, args=(stream, i, err, lines), daemon=True)
+        for i, p in enumerate(procs)
+        for stream, err in ((p.stdout, False), (p.stderr, True))
+        if stream is not None
+    ]
+    for r in readers:
+        r.start()
     received: list[int] = []
 
     def forward(signum: int) -> None:
@@ -164,8 +196,26 @@ def run_many(commands: list[list[str]], *, on_first_signal: Callable[[int], None
             if p.poll() is None:
                 p.send_signal(signum)
 
+    def busy() -> bool:
+        alive = any(p.poll() is None for p in procs) or any(r.is_alive() for r in readers)
+        return alive or not lines.empty()
+
     with stop.forwarding(forward):
-        while any(p.poll() is None for p in procs):
-            time.sleep(POLL)
+        while busy():
+            try:
+                i, text, err = lines.get(timeout=POLL)
+            except queue.Empty:
+                continue
+            if on_line is not None:
+                on_line(i, text, err)
     # A worker killed by a signal has a negative code; report it as the shell does (128 + N).
     return worst([128 - p.returncode if p.returncode < 0 else p.returncode for p in procs])
+
+
+def _pump(
+    stream: IO[str], index: int, err: bool, lines: queue.Queue[tuple[int, str, bool]]
+) -> None:
+    """A worker's output stream, line by line, into the launcher's queue until it closes."""
+    with stream:
+        for line in stream:
+            lines.put((index, line.rstrip("\n"), err))

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import torch
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
@@ -93,6 +92,8 @@ class Checkpoints:
         return Checkpoints(open_store(location), location)
 
     def save(self, pointer: Pointer, epoch: int, state: dict[str, Any]) -> None:
+        import torch  # here, not at the top: delete-study removes files without torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         buf.seek(0)
@@ -106,6 +107,8 @@ class Checkpoints:
                 body = f.read()
         except ArtifactNotFound:
             raise LookupError(f"checkpoint {name} is not in {self.location}") from None
+        import torch
+
         try:
             state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, ValueError) as e:
