@@ -402,3 +402,26 @@ def test_a_retry_started_long_ago_has_its_own_pace() -> None:
     snap = progress.snapshot("x", [t], budget=4, epochs=5, done=lambda _t: "", now=now)
     (r,) = snap.running
     assert (r.epoch, r.epochs, r.val, r.seconds_per_epoch) == (3, 5, 0.93, 10.0)
+
+
+@pytest.mark.timeout(30)  # a deadlock fails here, not after the run's 600 s
+def test_a_signal_handler_may_report_while_a_line_is_being_written() -> None:
+    # Stop's handlers (resilience/stop.py) say "Ctrl-C: stopping ..." from the main thread,
+    # between any two bytecodes: also inside the reporter's write of another line. With a
+    # plain lock that was a deadlock (the Ctrl-C crash test hung until its timeout).
+    class Interrupted(io.StringIO):
+        said = False
+
+        def write(self, text: str) -> int:
+            if not self.said:
+                self.said = True
+                report.event(Note("Ctrl-C: stopping after the current epoch"))
+            return super().write(text)
+
+    out = Interrupted()
+    report = live.PlainReporter(live.Board(), verbose=False, out=out)
+    report.event(EpochDone(0, 2, 12, 0.93, 0.1))
+    assert out.getvalue().splitlines() == [
+        "Ctrl-C: stopping after the current epoch",
+        "trial 0 epoch 2/12: val 93.00% (0.1 s)",
+    ]

@@ -119,7 +119,7 @@ class Board:
         self.began = clock()
         self.snap: Snapshot | None = None
         self._rows: dict[str, _Row] = {}  # worker label -> its trial
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a signal handler may report mid-event
 
     def event(self, event: Event, worker: str = "") -> None:
         # Here, not at the top: `predict` imports this package, and progress imports Optuna.
@@ -277,7 +277,7 @@ class PlainReporter:
         self.board = board
         self.verbose = verbose
         self.out = out
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a signal handler may write mid-line
 
     def _write(self, line: str, err: bool = False) -> None:
         stream = self.out or (sys.stderr if err else sys.stdout)
@@ -314,7 +314,7 @@ class JsonReporter:
         self.board = board
         self.out = out
         self.worker = worker  # this process's own label (a `--jobs N` worker's)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: see PlainReporter
 
     def _emit(self, record: dict[str, Any], ts: str | None = None, err: bool = False) -> None:
         line = json.dumps({"ts": ts or now_iso(), **record}, default=str)
@@ -548,11 +548,12 @@ class Poller:
             self._once()
 
     def close(self, *, final: bool = False) -> None:
-        """Stop polling; `final`: one last read, announced (the study record a log ends with)."""
+        """Stop polling; `final`: one last read, announced (the study record a log ends with).
+        A study line still owed for a trial that just ended is read and said too."""
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=5)
-        if final:
+        if final or self._announce:
             self._announce = True
             self._once()
 
