@@ -276,11 +276,14 @@ def test_watch_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         env={**os.environ, "MNIST_HPO_STORAGE": url},
     )
     assert proc.stdout is not None
-    first = proc.stdout.readline()  # the study, once it has been read
+    try:
+        first = proc.stdout.readline()  # the study, once it has been read
+        time.sleep(0.5)  # into the loop's sleep
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a no-op once it has exited; else no watcher outlives a failed test
     assert first.startswith("study small: 0/4 of the budget used; no trials yet; best val -"), first
-    time.sleep(0.5)  # into the loop's sleep
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, (out, err)
     assert "Traceback" not in err and err.strip() == ""
 
