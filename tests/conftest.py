@@ -19,21 +19,42 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
 
 
+def _mnist_candidates() -> list[tuple[str, Path]]:
+    """Where the tests look for MNIST, as the product does (ml/data.py): the tests' own
+    variable, the user's MNIST_HPO_DATA, the product's cache, then the copy beside the checkout."""
+    from mnist_hpo.settings import cache_home
+
+    found = [
+        (v, Path(os.environ[v]))
+        for v in ("MNIST_HPO_TEST_DATA", "MNIST_HPO_DATA")
+        if os.environ.get(v)
+    ]
+    cache = Path(os.environ["MNIST_HPO_CACHE"]) if os.environ.get("MNIST_HPO_CACHE") else None
+    found.append(("the cache", (cache or cache_home()) / "mnist"))
+    found.append(("../shared/data/mnist", ROOT.parent / "shared" / "data" / "mnist"))
+    return found
+
+
 def _mnist_dir() -> Path | None:
-    candidates = [os.environ.get("MNIST_HPO_TEST_DATA", "")]
-    candidates += [str(ROOT.parent / "shared" / "data" / "mnist")]
-    for c in candidates:
-        if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file():
-            return Path(c)
+    for _, c in _mnist_candidates():
+        # The folder itself, its mnist/ subfolder or torchvision's MNIST/raw/ (data.load_dir).
+        for folder in (c, c / "mnist", c / "MNIST" / "raw"):
+            if (folder / "train-images-idx3-ubyte.gz").is_file():
+                return folder
     return None
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The four official MNIST files (set MNIST_HPO_TEST_DATA to their folder)."""
+    """The four official MNIST files, found as mnist-hpo finds them (_mnist_candidates)."""
     found = _mnist_dir()
     if found is None:
-        msg = "real MNIST not found: set MNIST_HPO_TEST_DATA to a folder with the 4 IDX .gz files"
+        cache = dict(_mnist_candidates())["the cache"]
+        msg = (
+            f"real MNIST not found in MNIST_HPO_TEST_DATA, MNIST_HPO_DATA or the cache ({cache}):"
+            " set one of the variables to a folder with the 4 IDX .gz files, or run `mnist-hpo "
+            "data` once to download them into the cache"
+        )
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)

@@ -1,14 +1,20 @@
-"""The CLI end to end, in real processes: create-study -> work -> status, and every bad input."""
+"""The CLI end to end: create-study -> work -> status, and every bad input.
+
+`work --jobs N` runs in real processes; one-shot commands run in this one (Typer's CliRunner):
+the same code without a new interpreter's start-up for each call (2-3 s with torch).
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import SMALL_SPEC, run_cli, write_spec
+from mnist_hpo.events import KINDS
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
@@ -30,7 +36,7 @@ def env(mnist_dir: Path, tmp_path: Path, cli_storage: str) -> dict[str, str]:
 
 
 def test_create_work_status_best_list_delete(env: dict[str, str]) -> None:
-    r = run_cli("create-study", "small", env=env)
+    r = _run_here("create-study", "small", env=env)
     assert r.returncode == 0, r.stderr
     assert "created study 'small'" in r.stdout
     r = run_cli("work", "small", "--jobs", "2", env=env)
@@ -39,24 +45,49 @@ def test_create_work_status_best_list_delete(env: dict[str, str]) -> None:
     assert "data: official MNIST files" in r.stdout
     assert "budget of 4 trials is spent" in r.stdout
     assert "Traceback" not in r.stderr
-    r = run_cli("status", "small", env=env)
+    # Not a terminal: plain lines only, one per epoch, and the study line after trials end.
+    assert "\x1b" not in r.stdout + r.stderr
+    assert re.search(r"^\[w[01]\] trial \d epoch 2/2: val [\d.]+% \([\d.]+ s\)$", r.stdout, re.M)
+    assert re.search(r"^study small: [1-4]/4 of the budget used; complete \d", r.stdout, re.M)
+    r = _run_here("status", "small", env=env)
     assert r.returncode == 0
     # Exactly the budget: two workers never both take the last trial.
     assert "trials: 4/4 of the budget used" in r.stdout, r.stdout
     assert "best: trial" in r.stdout and "test " in r.stdout
-    r = run_cli("best", "small", "--json", env=env)
+    r = _run_here("best", "small", "--json", env=env)
     best = json.loads(r.stdout)
     assert best["validation_accuracy"] > 0.8 and best["test_accuracy"] > 0.8
     assert best["val_accuracy_per_epoch"][-1] == best["validation_accuracy"]
     assert best["versions"]["optuna"].startswith("5.")
     assert best["n_params"] > 0 and best["seed"] is not None
-    assert "small" in run_cli("list", env=env).stdout
+    assert "small" in _run_here("list", env=env).stdout
     # A second `work` on a spent study does nothing, quickly.
-    r = run_cli("work", "small", env=env)
+    r = _run_here("work", "small", env=env)
     assert r.returncode == 0 and "0 trial(s)" in r.stdout
-    r = run_cli("delete-study", "small", "--yes", env=env)
+    r = _run_here("delete-study", "small", "--yes", env=env)
     assert r.returncode == 0
-    assert run_cli("status", "small", env=env).returncode == 1
+    assert _run_here("status", "small", env=env).returncode == 1
+
+
+@dataclass
+class _Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run_here(*args: str, env: dict[str, str] | None = None) -> _Ran:
+    """The CLI in this process (Typer's CliRunner): what run_cli checks, without each call's
+    2-3 s of a new interpreter importing torch and Optuna. An exception other than the exit is
+    raised, as a traceback would show."""
+    from typer.testing import CliRunner
+
+    from mnist_hpo.cli import app
+
+    r = CliRunner().invoke(app, list(args), env=env, prog_name="mnist-hpo")
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return _Ran(r.exit_code, r.stdout, r.stderr)
 
 
 def _one_line_error(r, code: int, fragment: str) -> None:  # type: ignore[no-untyped-def]
@@ -81,28 +112,30 @@ def _one_line_error(r, code: int, fragment: str) -> None:  # type: ignore[no-unt
 )
 def test_bad_specs_exit_2_with_one_line(tmp_path: Path, body: str, fragment: str) -> None:
     path = write_spec(tmp_path, "bad", body)
-    r = run_cli("create-study", str(path), env={"MNIST_HPO_STORAGE": f"sqlite:///{tmp_path}/s.db"})
+    r = _run_here(
+        "create-study", str(path), env={"MNIST_HPO_STORAGE": f"sqlite:///{tmp_path}/s.db"}
+    )
     _one_line_error(r, 2, fragment)
 
 
 def test_runtime_errors_exit_1_with_one_line(tmp_path: Path, mnist_dir: Path) -> None:
     db = f"sqlite:///{tmp_path}/s.db"
-    _one_line_error(run_cli("status", "x", env={"MNIST_HPO_STORAGE": db}), 1, "no storage at")
+    _one_line_error(_run_here("status", "x", env={"MNIST_HPO_STORAGE": db}), 1, "no storage at")
     pg = "postgresql://nobody@127.0.0.1:1/x"
-    _one_line_error(run_cli("list", "--storage", pg), 1, "cannot open storage")
-    _one_line_error(run_cli("list", "--storage", "nonsense"), 2, "is not a database URL")
-    assert run_cli("create-study", "perceptron", "--storage", db).returncode == 0
-    _one_line_error(run_cli("status", "nope", "--storage", db), 1, "no study named 'nope'")
+    _one_line_error(_run_here("list", "--storage", pg), 1, "cannot open storage")
+    _one_line_error(_run_here("list", "--storage", "nonsense"), 2, "is not a database URL")
+    assert _run_here("create-study", "perceptron", "--storage", db).returncode == 0
+    _one_line_error(_run_here("status", "nope", "--storage", db), 1, "no study named 'nope'")
     _one_line_error(
-        run_cli("work", "perceptron", "--storage", db, "--data-dir", str(tmp_path)),
+        _run_here("work", "perceptron", "--storage", db, "--data-dir", str(tmp_path)),
         1,
         "lacks train-images-idx3-ubyte.gz",
     )
     _one_line_error(
-        run_cli("work", "perceptron", "--storage", db, "--device", "cuda:7"), 1, "--device cuda:7"
+        _run_here("work", "perceptron", "--storage", db, "--device", "cuda:7"), 1, "--device cuda:7"
     )
     _one_line_error(
-        run_cli("work", "perceptron", "--storage", db, "--precision", "fp16"),
+        _run_here("work", "perceptron", "--storage", db, "--precision", "fp16"),
         2,
         "--precision 'fp16' is not a precision",
     )
@@ -115,28 +148,28 @@ def test_corrupt_data_stops_the_worker_before_any_trial(tmp_path: Path, mnist_di
         (bad / f.name).write_bytes(f.read_bytes())
     (bad / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b broken")
     db = f"sqlite:///{tmp_path}/s.db"
-    assert run_cli("create-study", "perceptron", "--storage", db).returncode == 0
+    assert _run_here("create-study", "perceptron", "--storage", db).returncode == 0
     r = run_cli("work", "perceptron", "--storage", db, "--data-dir", str(bad), "--jobs", "2")
     _one_line_error(r, 1, "t10k-images-idx3-ubyte.gz cannot be read")
-    status = run_cli("status", "perceptron", "--storage", db).stdout
+    status = _run_here("status", "perceptron", "--storage", db).stdout
     # No trial ran: at most the spec's enqueued configurations wait.
     assert re.search(r"trials: \d+/20 of the budget used; (waiting \d+|none yet)\n", status), status
 
 
 def test_delete_asks_first(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path}/s.db"
-    assert run_cli("create-study", "cnn", "--storage", db).returncode == 0
+    assert _run_here("create-study", "cnn", "--storage", db).returncode == 0
     from typer.testing import CliRunner
 
     from mnist_hpo.cli import app
 
     r = CliRunner().invoke(app, ["delete-study", "cnn", "--storage", db], input="n\n")
     assert r.exit_code == 2 and "not deleted" in r.output
-    assert "cnn" in run_cli("list", "--storage", db).stdout
+    assert "cnn" in _run_here("list", "--storage", db).stdout
 
 
 def test_families_lists_every_family_and_its_parameters() -> None:
-    r = run_cli("families")
+    r = _run_here("families")
     assert r.returncode == 0
     for name in ("perceptron", "simple_mlp", "deep_mlp", "cnn", "n_layers", "channels_0", "lr"):
         assert name in r.stdout
@@ -158,7 +191,7 @@ def test_every_command_and_option_has_help() -> None:
                 continue
             text = getattr(param, "help", None)
             assert text and text.strip(), f"{name}: {param.name} has no help text"
-    r = run_cli("work", "--help")
+    r = _run_here("work", "--help")
     for flag in ("--heartbeat", "--grace", "--storage-wait", "--stop-wait", "MNIST_HPO_GRACE"):
         assert flag in r.stdout, flag
 
@@ -170,7 +203,7 @@ def test_delete_study_removes_the_checkpoints_its_trials_left(
     from mnist_hpo.search import study as study_mod
     from mnist_hpo.search.checkpoints import Checkpoints, Pointer
 
-    assert run_cli("create-study", "small", env=env).returncode == 0
+    assert _run_here("create-study", "small", env=env).returncode == 0
     study, _ = study_mod.load(storage_mod.open_storage(env["MNIST_HPO_STORAGE"]), "small")
     trial = study.ask()  # running when the study is deleted, e.g. a worker that was killed
     mine = Pointer("ckpt-small-t0-ab", trial.number)
@@ -180,7 +213,7 @@ def test_delete_study_removes_the_checkpoints_its_trials_left(
     checkpoints.save(mine, 1, {"epoch": 1})
     checkpoints.save(mine, 2, {"epoch": 2})
     checkpoints.save(Pointer("ckpt-other-t0-cd", 0), 1, {"epoch": 1})  # another study's: kept
-    r = run_cli("delete-study", "small", "--yes", "--artifacts", folder, env=env)
+    r = _run_here("delete-study", "small", "--yes", "--artifacts", folder, env=env)
     assert r.returncode == 0, r.stderr
     assert f"removed 2 checkpoint file(s) of unfinished trials from {folder}" in r.stdout
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["ckpt-other-t0-cd-a0-e1"]
@@ -241,3 +274,21 @@ def test_version_from_the_metadata_and_shell_completion() -> None:
     r = _invoke("--show-completion", "bash")
     assert r.exit_code == 0 and "complete -o default -F _mnist_hpo_completion mnist-hpo" in r.output
     assert "--install-completion" in _invoke("--help").output
+
+
+def test_the_json_log_has_a_record_per_event(env: dict[str, str]) -> None:
+    # One worker in this process: `--jobs N`'s workers write these records too, read back by
+    # the plain run above; JsonReporter's own test covers the worker labels.
+    assert _run_here("create-study", "small", env=env).returncode == 0
+    r = _run_here("work", "small", "--log-format", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]  # every line is one
+    kinds = {x["event"] for x in records}
+    assert kinds == {*KINDS, "study"}  # every kind of event, and the study after the trials
+    assert all(x["ts"].endswith("Z") for x in records)
+    finished = [x for x in records if x["event"] == "trial_finished"]
+    assert len(finished) == 4 and all(0 < x["val_accuracy"] <= 1 for x in finished)
+    epochs = [(x["number"], x["epoch"]) for x in records if x["event"] == "epoch_done"]
+    assert sorted(epochs) == [(n, e) for n in range(4) for e in (1, 2)]
+    assert records[-1]["event"] == "study" and records[-1]["spent"] == 4
+    assert records[-1]["finished"] == "its budget of 4 trials is spent"

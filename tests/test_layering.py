@@ -20,6 +20,7 @@ from conftest import ROOT
 
 SRC = ROOT / "src" / "mnist_hpo"
 PRIVATE_OPTUNA = re.compile(r"^optuna(\.\w+)*\._")
+INTERNALS = "optuna_internals.py"  # resilience/: every private use of Optuna, and only there
 BASE = {"errors", "events", "settings"}
 # What each part may import of the project (besides itself): the layering, written once.
 MAY_IMPORT: dict[str, set[str]] = {
@@ -116,6 +117,8 @@ def test_nothing_imports_a_part_above_or_beside_it(path: Path) -> None:
 def test_sql_signals_and_optuna_internals_stay_behind_their_walls(path: Path) -> None:
     part = _part(path)
     banned = _walled(part, _imports(path))
+    if path.name == INTERNALS:  # the one file allowed Optuna's private modules
+        banned = [n for n in banned if not PRIVATE_OPTUNA.match(n)]
     assert banned == [], f"{path.name} imports {banned}: that belongs behind resilience/"
     if part != "resilience":
         assert _private_attributes(path) == set(), f"{path.name} reads Optuna's private attributes"
@@ -127,7 +130,9 @@ def test_optuna_internals_live_in_one_file() -> None:
         for p in _modules()
         if any(PRIVATE_OPTUNA.match(n) for n in _imports(p)) or _private_attributes(p)
     )
-    assert users == [], users  # optuna_internals.py itself reads tables, not private modules
+    # optuna_internals.py reads two tables, and imports one private module to open a storage
+    # for reading without alembic (without_alembic); nothing else may.
+    assert users in ([], [INTERNALS]), users
 
 
 @pytest.mark.parametrize("path", [p for p in _modules() if _part(p) in NO_OPTUNA], **IDS)

@@ -78,3 +78,32 @@ def test_optunas_own_stale_check_still_misses_trials_without_a_heartbeat(tmp_pat
         "Optuna's fail_stale_trials now catches a trial with no heartbeat row: drop the "
         "no-heartbeat rule of src/mnist_hpo/resilience/optuna_internals.py for it"
     )
+
+
+def test_a_storage_opened_to_read_needs_no_alembic(storage_url: str) -> None:
+    import subprocess
+    import sys
+
+    from optuna.storages._rdb import storage as rdb
+
+    from mnist_hpo.errors import HpoError
+    from mnist_hpo.resilience.storage import open_storage
+
+    storage, _, _ = _study(storage_url)
+    assert callable(getattr(rdb._VersionManager, "_init_alembic", None)), SEE + "_init_alembic"
+    revision = optuna_internals.schema_revision(storage.engine)
+    assert revision == storage.get_current_version() == optuna_internals.CHECKED_SCHEMA, SEE
+    code = (
+        "import sys, optuna\n"
+        "from mnist_hpo.resilience.storage import open_storage\n"
+        f"st = open_storage({storage_url!r}, must_exist=True, read_only=True)\n"
+        "print(optuna.load_study(study_name='s', storage=st).study_name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('alembic')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines() == ["s", "[]"], r.stdout + r.stderr
+    # An older (or newer) schema is one sentence, as Optuna's own check would be.
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'v1.0.0'"))
+    with pytest.raises(HpoError, match="has Optuna schema v1.0.0, not v3.2.0.a as this Optuna"):
+        open_storage(storage_url, must_exist=True, read_only=True)

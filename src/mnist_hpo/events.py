@@ -1,9 +1,14 @@
-"""What a worker tells whoever runs it (the CLI prints these): trials starting, epochs, results."""
+"""What a worker tells whoever runs it (the CLI prints these): trials starting, epochs, results.
+
+Each event is also a flat JSON-ready record (`to_record` / `from_record`): `work --jobs N`'s
+worker processes write one record a line, and the launcher reads them back into events, so one
+view shows every worker; `--log-format json` passes the records on for log shippers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -12,6 +17,7 @@ class TrialStarted:
     number: int
     params: dict[str, Any]
     resumed_from: int  # epochs restored from a checkpoint (0 = fresh start)
+    epochs: int = 0  # epochs this trial trains in all (its train_epochs); 0 = not known
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,46 @@ class Note:
     text: str  # a line for people: data in use, waiting for other workers, stopping
 
 
-Event = TrialStarted | EpochDone | TrialFinished | Note
+@dataclass(frozen=True)
+class WorkerDone:
+    """A worker's last word: how many trials it ran, in how long, and why it stopped."""
+
+    trials: int
+    seconds: float
+    reason: str
+
+
+Event = TrialStarted | EpochDone | TrialFinished | Note | WorkerDone
 Listener = Callable[[Event], None]
+
+# The `event` field of a record: one name per kind, stable for log shippers.
+KINDS: dict[str, type[Event]] = {
+    "trial_started": TrialStarted,
+    "epoch_done": EpochDone,
+    "trial_finished": TrialFinished,
+    "note": Note,
+    "worker_done": WorkerDone,
+}
+_NAMES = {cls: name for name, cls in KINDS.items()}
 
 
 def ignore(event: Event) -> None:
     """The default listener."""
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """The event as a flat dict: `{"event": KIND, ...its fields}`."""
+    return {"event": _NAMES[type(event)], **asdict(event)}
+
+
+def from_record(record: Mapping[str, Any]) -> Event | None:
+    """The event a record describes; None if it is not one (another program's JSON, a record
+    of a newer kind). Fields the event does not have (a timestamp, the worker) are ignored."""
+    cls = KINDS.get(str(record.get("event")))
+    if cls is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in record.items() if k in names})
+    except TypeError:  # a field missing
+        return None

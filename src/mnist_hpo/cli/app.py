@@ -6,6 +6,7 @@ and calls one library function; everything it prints is formatted in this packag
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,4 +34,21 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The console script. A bad option or argument is one `error:` line and exit 2, as every
+    other mistake is, instead of Typer's boxed panel."""
+    if len(sys.argv) <= 1:
+        app(prog_name="mnist-hpo")  # no arguments: the help, as Typer shows it
+        return
+    try:
+        code = app(prog_name="mnist-hpo", standalone_mode=False)
+    except typer.Abort:
+        typer.secho("error: aborted", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except typer.TyperException as e:  # click's UsageError family: no such option, missing...
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "mnist-hpo"
+        message = " ".join(e.format_message().split())
+        see = f" See `{where} --help`." if message.endswith("?") else f"; see `{where} --help`"
+        typer.secho(f"error: {message.rstrip('.')}{see}", fg=typer.colors.RED, err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -6,15 +6,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from mnist_hpo.cli.live import fmt_params as fmt_params
+from mnist_hpo.cli.live import pct as pct
 from mnist_hpo.errors import HpoError, Interrupted
-from mnist_hpo.events import EpochDone, Event, Note, TrialFinished, TrialStarted
 from mnist_hpo.settings import Settings, default_storage_url
 
 if TYPE_CHECKING:
@@ -178,57 +178,23 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def open_at(url: str, *, must_exist: bool = True) -> Any:
+def open_at(url: str, *, must_exist: bool = True, read_only: bool = False) -> Any:
+    """The storage for a one-shot command; `read_only` for those that only read (faster)."""
     from mnist_hpo.resilience.storage import open_storage
 
-    return open_storage(url, must_exist=must_exist)
+    return open_storage(url, must_exist=must_exist, read_only=read_only)
 
 
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def fmt_params(params: dict[str, Any]) -> str:
-    def one(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return " ".join(f"{k}={one(v)}" for k, v in sorted(params.items()))
-
-
-def printer(label: str, verbose: bool) -> Callable[[Event], None]:
-    prefix = f"[{label}] " if label else ""
-
-    def show(event: Event) -> None:
-        line = event_line(event, verbose)
-        if line is not None:
-            typer.echo(prefix + line)
-            sys.stdout.flush()
-
-    return show
-
-
-def event_line(event: Event, verbose: bool) -> str | None:
-    match event:
-        case Note(text):
-            return text
-        case TrialStarted(number, params, resumed):
-            if not verbose and not resumed:
-                return None
-            again = f" (resumed after epoch {resumed})" if resumed else ""
-            return f"trial {number} started{again}: {fmt_params(params)}"
-        case EpochDone(number, epoch, epochs, val, secs):
-            if not verbose:
-                return None
-            return f"trial {number} epoch {epoch}/{epochs}: val {pct(val)} ({secs:.1f} s)"
-        case TrialFinished() as t:
-            state = t.state.lower() + (f" at epoch {t.epochs}" if t.state == "PRUNED" else "")
-            test = f" test {pct(t.test_accuracy)}" if t.test_accuracy is not None else ""
-            ran = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
-            return (
-                f"trial {t.number} {state}: val {pct(t.val_accuracy)}{test} "
-                f"({ran}, {t.seconds:.1f} s) | best val {pct(t.best_val)}"
-            )
-    return None
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="MNIST_HPO_LOG_FORMAT",
+        help="auto: the live view on a terminal (a row per running trial, the study line with "
+        "ETA), plain lines elsewhere; plain: lines only (one per epoch, per finished trial, "
+        "the study line after it); json: one JSON object per event, with a timestamp.",
+    ),
+]
 
 
 def download_bar() -> Callable[[str, int, int | None], None]:

@@ -188,6 +188,12 @@ def predict(
             f"model: trial {m['trial']} of {m['study']} ({m['family']}), validation "
             f"{pct(m['validation_accuracy'])}, test {pct(m['test_accuracy'])}"
         )
+        smoothing = float((m.get("params") or {}).get("label_smoothing") or 0)
+        if smoothing:  # the training target of the right digit is 1 - s + s/10, not 1
+            typer.echo(
+                f"  trained with label smoothing {smoothing:g}: confidence tops out near "
+                f"{100 * (1 - smoothing * 0.9):.0f}% even on clean digits, by design"
+            )
     inverted = 0
     for path in images:
         pixels, names = predict_mod.read_images(path)

@@ -96,8 +96,30 @@ MAX_GIVEN_UP_SHOWN = 5  # status lists this many given-up trials; the dashboard 
 
 @app.command()
 @command
-def status(study: StudyArg, storage: StorageOpt = None) -> None:
-    """Trials by state, budget, data in use, and the best trial so far."""
+def status(
+    study: StudyArg,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Keep showing the study as it runs, from the storage (workers anywhere: other "
+            "machines, Ray, Kubernetes), until it is done or Ctrl-C.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="With --watch: seconds between reads of the study.")
+    ] = 5.0,
+    storage: StorageOpt = None,
+) -> None:
+    """Trials by what became of them, the budget, the data in use, and the best trial so far.
+
+    A trial a stop handed back (or a dead worker's trial, retried) is counted "handed back":
+    Optuna stores it as FAIL, with its retry queued, and it used no budget.
+    """
+    if watch:
+        watch_study(storage_url(storage), study, interval)
+        return
     print_status(storage_url(storage), study)
 
 
@@ -106,7 +128,7 @@ def print_status(url: str, name: str) -> None:
     from mnist_hpo.search import study as study_mod
 
     with reading():
-        study, spec = study_mod.load(open_at(url), name)
+        study, spec = study_mod.load(open_at(url, read_only=True), name)
         summary = study_mod.summarize(study, spec)
     objectives = f", objectives {' + '.join(spec.objectives)}" if spec.multi_objective else ""
     typer.echo(
@@ -121,7 +143,7 @@ def print_status(url: str, name: str) -> None:
     data = study.user_attrs.get(study_mod.DATA_ATTR)
     typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
     p = summary.progress
-    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(p.counts.items())) or "none yet"
+    states = ", ".join(f"{k} {v}" for k, v in p.counts.items()) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
     for line in _status_extras(spec, summary):
         typer.echo(line)
@@ -145,8 +167,45 @@ def print_status(url: str, name: str) -> None:
     typer.echo(f"  params: {fmt_params(best.params)}")
 
 
+def watch_study(url: str, name: str, interval: float) -> None:
+    """`status --watch`: the view of `work`, built from the storage every `interval` seconds,
+    until the study is done or Ctrl-C (which ends it cleanly, exit 0). A failed read (the
+    database restarting) is said once and retried at the next interval."""
+    import time
+
+    from mnist_hpo.cli.live import Board, Watch, use_live
+    from mnist_hpo.search import study as study_mod
+
+    with reading():
+        study, spec = study_mod.load(open_at(url, read_only=True), name)
+    board = Board(from_storage=True)
+    screen = Watch(board, terminal=use_live("auto"))
+    try:
+        while True:
+            try:
+                with reading():
+                    board.update(study_mod.snapshot(study, spec))
+                screen.problem("")
+            except HpoError as e:
+                screen.problem(str(e))
+            screen.show()
+            if board.snap is not None and board.snap.finished:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+    finally:
+        screen.close()
+
+
 def _status_extras(spec: Any, summary: Any) -> list[str]:
     lines = []
+    handed = summary.progress.counts.get("handed back", 0)
+    if handed:
+        lines.append(
+            f"handed back: {handed} trial(s) stopped or lost mid-way and re-queued, each retry "
+            "resuming from its checkpoint (FAIL in Optuna's storage: not failures, no budget)"
+        )
     if spec.max_params:
         lines.append(
             f"max_params {spec.max_params:,}: {summary.rejected} configuration(s) rejected "
@@ -173,7 +232,18 @@ def _trial_line(t: Any, spec: Any) -> str:
     return (
         f"trial {t.number}: validation {pct(t.values[0])}, test {pct(a.get('test_accuracy'))}, "
         f"{len(t.intermediate_values)} epochs, {a.get('n_params', 0):,} parameters{extra}"
+        f"{_retry_note(t)}"
     )
+
+
+def _retry_note(t: Any) -> str:
+    """For a trial that is the retry of handed-back ones: which, so it can be followed."""
+    from mnist_hpo.resilience.retries import chain
+
+    before = chain(t)[:-1]
+    if not before:
+        return ""
+    return f" (resumed: the retry of trial {before[0]}, handed back {len(before)} time(s))"
 
 
 @app.command()
@@ -187,7 +257,7 @@ def best(
     from mnist_hpo.search import study as study_mod
 
     with reading():
-        s, spec = study_mod.load(open_at(storage_url(storage)), study)
+        s, spec = study_mod.load(open_at(storage_url(storage), read_only=True), study)
         front = study_mod.front(s)
     if not front:
         raise HpoError(
@@ -209,17 +279,17 @@ def list_studies(storage: StorageOpt = None) -> None:
     import optuna
 
     from mnist_hpo.resilience.storage import redact
+    from mnist_hpo.search import progress
     from mnist_hpo.search import study as study_mod
+    from mnist_hpo.search.budget import uses_budget
+    from mnist_hpo.search.spec import StudySpec
 
     url = storage_url(storage)
     with reading("listing the studies"):
-        st = open_at(url)
+        st = open_at(url, read_only=True)
         summaries = optuna.get_all_study_summaries(storage=st, include_best_trial=False)
-        # The best feasible trial (within max_params; the top of a Pareto front).
-        best = {
-            s.study_name: study_mod.best_trial(
-                optuna.load_study(study_name=s.study_name, storage=st)
-            )
+        trials = {
+            s.study_name: st.get_all_trials(st.get_study_id_from_name(s.study_name), deepcopy=False)
             for s in summaries
         }
     if not summaries:
@@ -227,14 +297,18 @@ def list_studies(storage: StorageOpt = None) -> None:
         return
     typer.echo(f"{'study':<24} {'family':<11} {'trials':>9} {'best val':>9} {'its test':>9}")
     for s in summaries:
-        spec = s.user_attrs.get(study_mod.SPEC_ATTR) or {}
-        budget = spec.get("n_trials", "?")
-        bt = best[s.study_name]
-        kind = " (Pareto front: see status)" if len(spec.get("objectives", [])) > 1 else ""
+        stored = s.user_attrs.get(study_mod.SPEC_ATTR) or {}
+        mine = trials[s.study_name]
+        # The budget counted as every command counts it (search/budget.py), not Optuna's
+        # n_trials, which also counts handed-back trials and their queued retries.
+        budget = StudySpec.from_dict(stored).budget() if stored else "?"
+        best = progress.best_of(mine)  # feasible (within max_params); a Pareto front's top
+        kind = " (Pareto front: see status)" if len(stored.get("objectives", [])) > 1 else ""
+        used = f"{sum(map(uses_budget, mine))}/{budget}"
         typer.echo(
-            f"{s.study_name:<24} {spec.get('family', '?'):<11} "
-            f"{f'{s.n_trials}/{budget}':>9} {pct(bt.values[0] if bt else None):>9} "
-            f"{pct(bt.user_attrs.get('test_accuracy') if bt else None):>9}{kind}"
+            f"{s.study_name:<24} {stored.get('family', '?'):<11} {used:>9} "
+            f"{pct(best.values[0] if best else None):>9} "
+            f"{pct(best.user_attrs.get('test_accuracy') if best else None):>9}{kind}"
         )
 
 

@@ -13,10 +13,12 @@ one kernel size for every block) build the report's network, so its pinned spec 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mnist_hpo.ml.space import Hyper
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SUMMARY = "conv blocks (1-3) with pooling, then 0-2 dense layers; samples channels, kernels, widths"
 KERNELS = (3, 5, 7)  # odd, so 'same' padding keeps the map size
@@ -84,6 +86,8 @@ def sample(hp: Hyper) -> Config:
 
 
 def build(cfg: Config) -> nn.Module:
+    from torch import nn  # imported here: see families/__init__.py
+
     if cfg.pool not in POOLS or cfg.head not in HEADS or cfg.padding not in PADDINGS:
         raise ValueError(
             f"pool must be one of {POOLS}, head one of {HEADS}, padding one of {PADDINGS}: {cfg}"

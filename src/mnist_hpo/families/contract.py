@@ -14,9 +14,6 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from torch import nn
-
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.ml.hyperparams import sample_training
 from mnist_hpo.ml.space import Fixed, Hyper, Override, Value, explore
@@ -155,6 +152,9 @@ def _sample(
 
 
 def _forward(family: Family, config: Any, what: str) -> None:
+    import torch  # here, not at the top: reading a study's spec needs no torch
+    from torch import nn
+
     with torch.random.fork_rng(devices=[]):  # initialising the model leaves no trace
         model = _run(family, f"build for {what}", lambda: family.build(config))
         if not isinstance(model, nn.Module):

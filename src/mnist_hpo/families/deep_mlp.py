@@ -6,10 +6,12 @@ Optional batch norm between each hidden layer and its ReLU (off by default, as i
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mnist_hpo.ml.space import Hyper
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SUMMARY = "784->w0->...->10 with ReLU; samples depth (2-4), each width, dropout and batch norm"
 
@@ -35,6 +37,8 @@ def sample(hp: Hyper) -> Config:
 
 
 def build(cfg: Config) -> nn.Module:
+    from torch import nn  # imported here: see families/__init__.py
+
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = 28 * 28
     for width in cfg.widths:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mnist_hpo.ml.space import Hyper
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SUMMARY = "linear 784->10; only the training hyperparameters are searched"
 
@@ -21,4 +23,6 @@ def sample(hp: Hyper) -> Config:
 
 
 def build(cfg: Config) -> nn.Module:
+    from torch import nn  # imported here: see families/__init__.py
+
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))

@@ -8,10 +8,12 @@ optional batch norm between the hidden layer and its ReLU (off by default, as in
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mnist_hpo.ml.space import Hyper
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SUMMARY = "784->hidden->10 with ReLU; samples hidden width, dropout and batch norm"
 
@@ -32,6 +34,8 @@ def sample(hp: Hyper) -> Config:
 
 
 def build(cfg: Config) -> nn.Module:
+    from torch import nn  # imported here: see families/__init__.py
+
     # Batch norm only when asked for: without it the layers (and so the state_dict keys of
     # models exported before it existed) are exactly the report-era network's.
     norm: list[nn.Module] = [nn.BatchNorm1d(cfg.hidden)] if cfg.batch_norm else []

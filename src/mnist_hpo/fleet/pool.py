@@ -9,12 +9,14 @@ passes SIGTERM / Ctrl-C on and reports the worst exit code.
 from __future__ import annotations
 
 import dataclasses
+import os
+import queue
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from mnist_hpo.errors import EnvironmentFault
 from mnist_hpo.fleet.gpus import assign_devices, visible_gpus
@@ -49,10 +51,12 @@ def worker_command(
     *,
     label: str,
     verbose: bool,
+    log_format: str = "json",
     python: str = sys.executable,
 ) -> list[str]:
     """The command line of one worker process: every setting explicit, nothing inherited.
-    `label` prefixes its lines ("" where the launcher labels them itself)."""
+    `label` names it in its lines ("" where the launcher labels them itself); `log_format`
+    json: one record a line, which the launcher reads back into events (cli/live.py)."""
     return [
         python,
         "-m",
@@ -67,6 +71,8 @@ def worker_command(
         *options_argv(settings),
         *(["--verbose"] if verbose else []),
         *(["--label", label] if label else []),
+        "--log-format",
+        log_format,
     ]
 
 
@@ -155,11 +161,16 @@ def _nobody(_worker: int) -> None:
     """The default: nobody to tell."""
 
 
+# A worker's line: (which command, the line without its newline, whether it came on stderr).
+OnLine = Callable[[int, str, bool], None]
+
+
 def run_many(
     commands: list[list[str]],
     *,
     on_first_signal: Callable[[int], None],
     on_environment_fault: Callable[[int], None] = _nobody,
+    on_line: OnLine | None = None,
 ) -> int:
     """Run the commands as worker processes until all end; the worst exit code (0 if all did).
 
@@ -167,9 +178,27 @@ def run_many(
     through here: the first signal asks each to stop after its epoch, a second stops them at
     once (each worker's own second-signal rule). A worker that exits on an environment fault
     (a full disk, a store gone) has handed its trial back; the others, on the same machine and
-    store, are stopped the same way: SIGTERM, after `on_environment_fault(its index)`.
+    store, are stopped the same way: SIGTERM, after `on_environment_fault(its index)`. With
+    `on_line`, their stdout and stderr are read line by line and handed to it in this thread
+    (else they write to this process's).
     """
-    procs = [subprocess.Popen(cmd, process_group=0) for cmd in commands]
+    piped = subprocess.PIPE if on_line is not None else None
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as soon as it is written
+    procs = [
+        subprocess.Popen(
+            cmd, process_group=0, stdout=piped, stderr=piped, text=True, errors="replace", env=env
+        )
+        for cmd in commands
+    ]
+    lines: queue.Queue[tuple[int, str, bool]] = queue.Queue()
+    readers = [
+        threading.Thread(target=_pump, args=(stream, i, err, lines), daemon=True)
+        for i, p in enumerate(procs)
+        for stream, err in ((p.stdout, False), (p.stderr, True))
+        if stream is not None
+    ]
+    for r in readers:
+        r.start()
     received: list[int] = []
 
     def signal_all(signum: int) -> None:
@@ -183,13 +212,31 @@ def run_many(
             on_first_signal(signum)
         signal_all(signum)
 
+    def busy() -> bool:
+        alive = any(p.poll() is None for p in procs) or any(r.is_alive() for r in readers)
+        return alive or not lines.empty()
+
     with stop.forwarding(forward):
-        while any(p.poll() is None for p in procs):
+        while busy():
             faulted = [i for i, p in enumerate(procs) if p.poll() == EnvironmentFault.exit_code]
             if faulted and not received:
                 on_environment_fault(faulted[0])
                 received.append(signal.SIGTERM)  # a Ctrl-C after this is the second signal
                 signal_all(signal.SIGTERM)
-            time.sleep(POLL)
+            try:
+                i, text, err = lines.get(timeout=POLL)
+            except queue.Empty:
+                continue
+            if on_line is not None:
+                on_line(i, text, err)
     # A worker killed by a signal has a negative code; report it as the shell does (128 + N).
     return worst([128 - p.returncode if p.returncode < 0 else p.returncode for p in procs])
+
+
+def _pump(
+    stream: IO[str], index: int, err: bool, lines: queue.Queue[tuple[int, str, bool]]
+) -> None:
+    """A worker's output stream, line by line, into the launcher's queue until it closes."""
+    with stream:
+        for line in stream:
+            lines.put((index, line.rstrip("\n"), err))

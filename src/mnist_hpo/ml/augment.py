@@ -14,46 +14,17 @@ displacement field (two small matmuls per batch).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-# "none" trains on the images as they are (today's behaviour); "shift" moves each image by whole
-# pixels (a gather: the cheapest); "affine" rotates, zooms, shears and translates by sub-pixel
-# amounts (bilinear resampling); "elastic" adds Simard et al.'s smooth random displacement field
-# to the affine warp, in the same resampling pass.
-AUGMENTS = ("none", "shift", "affine", "elastic")
+from mnist_hpo.ml.config import AUGMENTS as AUGMENTS
+from mnist_hpo.ml.config import NO_AUGMENT as NO_AUGMENT
+from mnist_hpo.ml.config import Augment as Augment
+
 # Offset of the augmentation generator's seed from the trial seed, so its stream never repeats
 # the batch-order generator's (which is seeded with the trial seed itself).
 SEED_OFFSET = 0x5EED_A06
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Magnitudes of each random transform; all zero = no augmentation."""
-
-    shift: int = 0  # whole-pixel translation, uniform in -shift..shift on each axis
-    rotate: float = 0.0  # degrees, uniform in -rotate..rotate
-    scale: float = 0.0  # zoom factor uniform in 1-scale..1+scale
-    shear: float = 0.0  # degrees of horizontal shear, uniform in -shear..shear
-    translate: float = 0.0  # sub-pixel translation in pixels, uniform in -translate..translate
-    elastic_alpha: float = 0.0  # elastic displacement scale in pixels (Simard: 34); 0 = none
-    elastic_sigma: float = 4.0  # pixels, std of the Gaussian smoothing the field (Simard: 4)
-
-    @property
-    def warps(self) -> bool:
-        """Whether a resampling pass is needed (anything but whole-pixel shifts)."""
-        return any(v > 0 for v in (self.rotate, self.scale, self.shear, self.translate)) or (
-            self.elastic_alpha > 0
-        )
-
-    @property
-    def active(self) -> bool:
-        return self.shift > 0 or self.warps
-
-
-NO_AUGMENT = Augment()  # the default: training batches as they are
 
 
 class Augmenter:

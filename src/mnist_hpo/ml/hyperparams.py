@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from mnist_hpo.ml.augment import AUGMENTS, Augment
+from mnist_hpo.ml.config import AUGMENTS, LOSSES, OPTIMIZERS, SCHEDULES, Augment, TrainConfig
 from mnist_hpo.ml.space import Hyper
-from mnist_hpo.ml.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 # Levers added after the course report (schedules with warm-up, label smoothing, augmentation)
 # search only their "off" value unless a spec asks for more: a spec that does not name them,

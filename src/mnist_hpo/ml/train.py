@@ -29,22 +29,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_hpo.ml.augment import NO_AUGMENT, Augment, Augmenter
+from mnist_hpo.ml.augment import Augmenter
+from mnist_hpo.ml.config import LOSSES as LOSSES
+from mnist_hpo.ml.config import OPTIMIZERS as OPTIMIZERS
+from mnist_hpo.ml.config import SCHEDULES as SCHEDULES
+from mnist_hpo.ml.config import TrainConfig as TrainConfig
 from mnist_hpo.ml.data import Data
 from mnist_hpo.ml.device import PRECISIONS, uses_conv
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LOSSES = (
-    "cross_entropy",
-    "mse",
-    "mse_sum",
-)  # mse_sum: the course report's MSELoss(reduction="sum")
-# Per optimizer step. cosine: lr -> 0 over all steps. onecycle: Smith's one-cycle policy as
-# torch's OneCycleLR draws it (cosine up from lr/25 to lr over the `warmup` fraction of steps,
-# cosine down to lr/25/1e4), without momentum cycling. warmup_cosine: linear up from ~0 to lr
-# over the `warmup` fraction, then cosine to 0. One-cycle was train_mnist_fast's biggest gain
-# after dropping the DataLoader (99% in 2 epochs).
-SCHEDULES = ("constant", "cosine", "onecycle", "warmup_cosine")
 ONECYCLE_DIV = 25.0  # initial lr = lr / 25 (OneCycleLR's div_factor)
 ONECYCLE_FINAL_DIV = 1e4  # final lr = initial lr / 1e4 (OneCycleLR's final_div_factor)
 EVAL_BATCH = 5000  # GPU: large enough to amortise per-call overhead, small enough for 2 GB (CNN)
@@ -53,24 +45,6 @@ EVAL_BATCH = 5000  # GPU: large enough to amortise per-call overhead, small enou
 # batches of 256 against 2.8-4.2 s in batches of 5,000 (1 thread, 2-core CPU); the MLPs took
 # the same at either size.
 CPU_EVAL_BATCH = 256
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int  # passes over the training split
-    batch_size: int
-    optimizer: str  # one of OPTIMIZERS; sgd uses `momentum`
-    lr: float  # initial learning rate
-    momentum: float  # SGD momentum (0 = plain SGD as the course report coded it)
-    weight_decay: float  # L2 (sgd, adam) or decoupled (adamw)
-    loss: str  # one of LOSSES; mse* regress logits onto one-hot targets, as the report did
-    schedule: str  # one of SCHEDULES; cosine decays lr to 0 over `epochs`
-    seed: int  # seeds init, dropout, batch order and augmentation
-    # The levers below default to the trainer's behaviour before they existed, so a config
-    # built without them (the report_* replications, older callers) trains exactly as before.
-    warmup: float = 0.0  # onecycle / warmup_cosine: fraction of all steps spent warming up
-    label_smoothing: float = 0.0  # target mass spread evenly over all 10 classes (0 = none)
-    augment: Augment = NO_AUGMENT  # random transforms of training batches (default: none)
 
 
 @dataclass

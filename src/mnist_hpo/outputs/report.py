@@ -22,6 +22,7 @@ from mnist_hpo.errors import HpoError
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import family_origin
 from mnist_hpo.search import study as study_mod
+from mnist_hpo.search.budget import uses_budget
 from mnist_hpo.search.spec import StudySpec
 
 TOP = 10  # trials in the table by default
@@ -77,11 +78,9 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
         sections.append(
             _figure(
                 "Optimisation history",
-                optuna.visualization.plot_optimization_history(
-                    study, target=_accuracy, target_name="val_accuracy"
-                ).update_layout(yaxis_title="validation accuracy"),
-                "Validation accuracy of every completed trial in the order they finished, and "
-                "the best so far.",
+                _history(study, complete),
+                "Validation accuracy of every completed trial by trial number, and the best so "
+                "far (the line).",
             )
         )
     else:
@@ -126,14 +125,17 @@ def _summary(
 ) -> str:
     data = study.user_attrs.get(study_mod.DATA_ATTR) or {}
     seconds = sum(study_mod.seconds(t) for t in trials)
-    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    states = ", ".join(f"{v} {k}" for k, v in counts.items())
+    spent = sum(map(uses_budget, trials))
     rows = [
         ("family", f"{spec.family} — {spec.family_def.summary}"),
         ("family origin", _origin(study)),
         ("description", spec.description or "—"),
         ("per trial", f"{spec.epochs} epochs, pruned by the {spec.pruner} pruner"),
         ("sampler", f"{spec.sampler}, seed {spec.seed}"),
-        ("trials", f"{len(trials)} of a budget of {spec.budget()}: {states}"),
+        # Counted as every command counts (search/progress.py): a trial a stop handed back is
+        # FAIL in Optuna's storage with its retry queued, and is neither failed nor budget.
+        ("trials", f"{spent} of a budget of {spec.budget()} used; {states}"),
         ("compute", f"{_duration(seconds)} of trial wall-clock time in all"),
         ("data", data.get("source", spec.dataset)),
         (
@@ -243,6 +245,37 @@ def _pareto(study: optuna.Study, spec: StudySpec) -> str:
     )
 
 
+def _history(study: optuna.Study, complete: Sequence[FrozenTrial]) -> Any:
+    """Optuna's history plot of the validation accuracy, with the best-so-far line it leaves out
+    when given a target (it draws that line only for a study's own objective)."""
+    fig = optuna.visualization.plot_optimization_history(
+        study, target=_accuracy, target_name="val_accuracy"
+    )
+    ordered = sorted(complete, key=lambda t: t.number)
+    best, line = float("-inf"), []
+    for t in ordered:
+        best = max(best, t.values[0])
+        line.append(best)
+    fig.add_scatter(x=[t.number for t in ordered], y=line, mode="lines", name="best so far")
+    span = accuracy_range([t.values[0] for t in ordered])
+    return fig.update_layout(yaxis={"title": "validation accuracy", "range": span})
+
+
+def accuracy_range(values: Sequence[float | None], *, span: float = 0.01) -> list[float]:
+    """A y range around accuracies at least `span` (one point) wide, within [0, 1]: plotly's
+    own range around one point ran from 0.1 to 1.9, and around two close points gave ticks
+    that all read 98.5% at one decimal."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return [0.0, 1.0]
+    low, high = min(known), max(known)
+    pad = max(span - (high - low), 0.0) / 2 + 0.1 * (high - low)
+    low, high = max(low - pad, 0.0), min(high + pad, 1.0)
+    if high - low < span:  # against an edge: widen towards the other side
+        low, high = (high - span, high) if high >= 1.0 else (low, low + span)
+    return [low, high]
+
+
 def _size_figure(complete: Sequence[FrozenTrial]) -> Any:
     import plotly.graph_objects as go
 
@@ -261,9 +294,10 @@ def _size_figure(complete: Sequence[FrozenTrial]) -> Any:
         marker_symbol="x",
         text=labels,
     )
+    accuracies = [t.values[0] for t in sized] + [t.user_attrs.get("test_accuracy") for t in sized]
     fig.update_layout(
         xaxis={"type": "log", "title": "parameters"},
-        yaxis={"title": "accuracy", "tickformat": ".1%"},
+        yaxis={"title": "accuracy", "tickformat": ".1%", "range": accuracy_range(accuracies)},
         title="Accuracy vs parameter count",
     )
     return fig

@@ -17,6 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 # finished epochs.
 MAX_RETRY = 3
 STOPS_ATTR = "mnist_hpo_stops"  # trial system attr: retries in its chain that were stops
+# Trial user attr on a FAIL trial whose retry is queued: why it was handed back. Optuna has no
+# state for "handed back", so the trial is FAIL; this attr is what optuna-dashboard shows beside
+# it and what tells it apart from a trial that failed (search/progress.py counts by it).
+HANDED_BACK = "handed_back"
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, stopped: bool) -> bool:
@@ -36,7 +40,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, stopped: bool) -> bool:
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs=trial.user_attrs,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k != HANDED_BACK},
             system_attrs=system_attrs,
             intermediate_values=trial.intermediate_values,
         )

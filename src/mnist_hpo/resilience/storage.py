@@ -2,20 +2,24 @@
 
 No subclass and no patched methods: what a worker adds (retries, heartbeats, the study lock,
 the stale check) lives beside the storage, in trials.py and lock.py, and talks to it through
-Optuna's public storage methods.
+Optuna's public storage methods. (The read-only commands open it without alembic, through the
+one file of Optuna internals.)
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL, make_url
 
 from mnist_hpo.errors import HpoError, UsageError
+from mnist_hpo.resilience import optuna_internals
 from mnist_hpo.resilience.retry import describe, retrying
 
 # PostgreSQL connections per worker process: the main thread and the heartbeat thread each hold
@@ -42,7 +46,12 @@ def redact(url: str) -> str:
 
 
 def open_storage(
-    url: str, *, must_exist: bool = False, wait: float = 0.0, connections: int = 2
+    url: str,
+    *,
+    must_exist: bool = False,
+    wait: float = 0.0,
+    connections: int = 2,
+    read_only: bool = False,
 ) -> RDBStorage:
     """Optuna's RDBStorage for any SQLAlchemy URL, ready for several workers.
 
@@ -50,7 +59,9 @@ def open_storage(
     SQLite URL naming a missing file is an error instead of a new empty database. With `wait`,
     an unreachable database server is retried for that many seconds before the error (a worker
     may start before its database). `connections` caps PostgreSQL connections (pool plus
-    overflow): 2 for a worker, more for the threaded dashboard.
+    overflow): 2 for a worker, more for the threaded dashboard. `read_only` (the commands that
+    only read, in a single thread): no tables created, no alembic (optuna_internals.
+    without_alembic), the schema revision checked by one query instead.
     """
     parsed = _parse(url)
     sqlite = parsed.get_backend_name() == "sqlite"
@@ -60,10 +71,15 @@ def open_storage(
     shown = redact(url)
 
     def connect() -> RDBStorage:
+        light = optuna_internals.without_alembic() if read_only else contextlib.nullcontext()
         try:
-            storage = RDBStorage(
-                parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs
-            )
+            with light:
+                storage = RDBStorage(
+                    parsed.render_as_string(hide_password=False),
+                    engine_kwargs=engine_kwargs,
+                    skip_compatibility_check=read_only,
+                    skip_table_creation=read_only,
+                )
         except (sqlalchemy.exc.NoSuchModuleError, ModuleNotFoundError) as e:
             raise UsageError(
                 f"storage {shown} needs a database driver that is not installed ({e}); use "
@@ -71,6 +87,8 @@ def open_storage(
             ) from None
         if sqlite:
             _harden_sqlite(storage.engine)
+        if read_only:
+            _check_schema(storage, shown)
         return storage
 
     def cannot_open(_what: str, waited: float, error: BaseException) -> HpoError:
@@ -84,6 +102,17 @@ def open_storage(
         return cannot_open("", 0, error)
 
     return retrying(connect, what="opening it", wait=wait, give_up=cannot_open, refuse=refused)
+
+
+def _check_schema(storage: RDBStorage, shown: str) -> None:
+    """What Optuna's compatibility check says, for a storage opened without alembic."""
+    revision = optuna_internals.schema_revision(storage.engine)
+    if revision != optuna_internals.CHECKED_SCHEMA:
+        raise HpoError(
+            f"storage {shown} has Optuna schema {revision or 'none'}, not "
+            f"{optuna_internals.CHECKED_SCHEMA} as this Optuna {optuna.__version__} expects; "
+            "run `optuna storage upgrade --storage URL`, or install the Optuna that wrote it"
+        )
 
 
 def _parse(url: str) -> URL:

@@ -105,14 +105,26 @@ class Trials:
                 trial = self.storage.get_trial(trial_id)
                 if trial.state != TrialState.RUNNING:
                     continue
-                # The retry first, then the FAIL: a failure in between leaves a RUNNING trial
-                # that the next sweep finds again, and _queue_retry will not queue it twice.
-                if self._queue_retry(trial, stopped=False):
+                why = "its worker stopped sending heartbeats (killed, lost or paused)"
+                if self._hand_over(trial, trial_id, why, stopped=False):
                     swept.retried.append(trial)
                 else:
                     swept.given_up.append(trial)
-                self._fail(trial_id)
         return swept
+
+    def _hand_over(self, trial: FrozenTrial, trial_id: int, why: str, *, stopped: bool) -> bool:
+        """Queue the RUNNING trial's retry, say why on it (retries.HANDED_BACK), then FAIL it;
+        False if it was given up instead (no retry queued, no attr)."""
+        # The retry first, then the FAIL: a failure in between leaves a RUNNING trial that the
+        # next sweep finds again, and _queue_retry will not queue it twice.
+        queued = self._queue_retry(trial, stopped=stopped)
+        if queued:
+            retry = [t.number for t in self._all() if retries.chain(t)[-2:-1] == [trial.number]]
+            said = f"re-queued as trial {retry[0]}: {why}" if retry else f"re-queued: {why}"
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.storage.set_trial_user_attr(trial_id, retries.HANDED_BACK, said)
+        self._fail(trial_id)
+        return queued
 
     def _queue_retry(self, trial: FrozenTrial, *, stopped: bool) -> bool:
         if any(retries.chain(t)[-2:-1] == [trial.number] for t in self._all()):
@@ -250,8 +262,7 @@ class Lease:
                 current = self.trials.storage.get_trial(self.trial_id)
                 if current.state != TrialState.RUNNING:
                     return None
-                self.trials._queue_retry(current, stopped=True)
-                self.trials._fail(self.trial_id)
+                self.trials._hand_over(current, self.trial_id, why, stopped=True)
                 return current
 
         handed = self.trials.retrying(f"re-queuing trial {self.number}", attempt)

@@ -34,7 +34,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
@@ -104,6 +103,8 @@ class Checkpoints:
         return Checkpoints(open_store(location), location)
 
     def save(self, pointer: Pointer, epoch: int, state: dict[str, Any]) -> None:
+        import torch  # here, not at the top: delete-study removes files without torch
+
         name = pointer.artifact_id(epoch)
         buf = io.BytesIO()
         torch.save({**state, WRITTEN_AS: name}, buf)
@@ -132,6 +133,8 @@ class Checkpoints:
         # Whatever a damaged file makes torch.load raise (random bytes: UnpicklingError; cut in
         # half: RuntimeError; others: EOFError, ValueError, KeyError, zipfile's errors, even
         # MemoryError for a garbled length) means this file, not the trial, is bad: catch all.
+        import torch
+
         try:
             state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
         except Exception as e:

@@ -110,7 +110,8 @@ class Objective:
         lease.record("starting it", lambda: _start(trial, attrs, max_params))
         if spec.max_params and n_params > spec.max_params:
             raise Infeasible(trial.number, n_params, spec.max_params)
-        self.listener(TrialStarted(trial.number, dict(trial.params), attrs["resumed_from_epoch"]))
+        resumed, epochs = attrs["resumed_from_epoch"], built.cfg.epochs
+        self.listener(TrialStarted(trial.number, dict(trial.params), resumed, epochs))
         return built, precision, pointer, resume
 
     def _epoch_hook(
