@@ -1,6 +1,6 @@
 """What the live view of `work` costs against the epochs it watches.
 
-The view's work: a refresh of the rows and the study line once a second (cli/live.py REFRESH),
+The view's work: a refresh of the rows and the study line once a second (view/live.py REFRESH),
 its bookkeeping per event, and a read of the study from storage every POLL_EVERY seconds and
 when a trial starts or ends. Measured here one by one on a terminal console writing to
 /dev/null (what a refresh really renders and writes), on a SQLite study of 60 finished trials,
@@ -30,14 +30,14 @@ from optuna.distributions import FloatDistribution
 from rich.console import Console
 
 from common import family_models, machine, mnist
-from mnist_hpo.cli import live
-from mnist_hpo.cli.work import relay_line
+from mnist_hpo.api.work import relay_line
 from mnist_hpo.events import EpochDone, TrialStarted, to_record
 from mnist_hpo.ml.data import Data
 from mnist_hpo.ml.train import EpochEnd, TrainConfig, train
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.spec import StudySpec
+from mnist_hpo.view import live
 
 PARAMS = {"lr": 0.0031, "batch_size": 128, "optimizer": "adamw", "dropout": 0.2, "n_layers": 2}
 

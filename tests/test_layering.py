@@ -2,7 +2,8 @@
 
 Packages, bottom up: the base modules (errors, events, settings), ml/ (the trainer and its data:
 no Optuna, no SQL), families/, resilience/ (the wall: the only place for SQL, locks and Optuna's
-internals), search/, then fleet/ and outputs/ side by side, then cli/. A module may import its
+internals), search/, then fleet/ and outputs/ side by side, view/ (the view of a running search),
+api/ (the Python API), then cli/. A module may import its
 own package and anything below it, never a package above or beside it; a new module is ruled
 the moment it lands in a folder, so there is no list to keep by hand.
 """
@@ -31,8 +32,12 @@ MAY_IMPORT: dict[str, set[str]] = {
     "search": {"base", "ml", "families", "resilience"},
     "fleet": {"base", "ml", "families", "resilience", "search"},
     "outputs": {"base", "ml", "families", "resilience", "search"},
-    "cli": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "top"},
-    "top": {"cli"},  # __init__ (nothing) and __main__ (the CLI)
+    "view": {"base", "search"},  # the view reads search/progress's Snapshot (for types only)
+    "api": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "view", "top"},
+    "cli": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "view", "api"}
+    | {"top"},
+    # __init__ (the API's names, imported lazily) and __main__ (the CLI)
+    "top": {"cli", "api"},
 }
 # Third-party imports that belong to one part only. `signal`: the wall's Stop, and the fleet's
 # process supervisors, which forward signals to the workers they start.

@@ -1,4 +1,4 @@
-"""The view of a running search (cli/live.py): rows, bars, ETA and the best so far on a terminal,
+"""The view of a running search (view/live.py): rows, bars, ETA and the best so far on a terminal,
 drawn through rich's recording console; plain lines without a control code elsewhere; JSON
 records of every event kind; `status --watch` from storage; handed-back trials counted as such."""
 
@@ -22,7 +22,6 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
 from conftest import SMALL_SPEC, run_cli, write_spec
-from mnist_hpo.cli import live
 from mnist_hpo.events import (
     KINDS,
     EpochDone,
@@ -38,6 +37,7 @@ from mnist_hpo.resilience.retries import HANDED_BACK
 from mnist_hpo.search import progress
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.spec_files import load_spec
+from mnist_hpo.view import live
 
 ESC = "\x1b"
 LR = {"lr": FloatDistribution(1e-4, 0.3, log=True)}

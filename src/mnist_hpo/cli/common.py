@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from mnist_hpo.cli.live import fmt_params as fmt_params
-from mnist_hpo.cli.live import pct as pct
 from mnist_hpo.errors import HpoError, Interrupted
 from mnist_hpo.settings import Settings, default_storage_url
+from mnist_hpo.view.live import fmt_params as fmt_params
+from mnist_hpo.view.live import pct as pct
 
 if TYPE_CHECKING:
     pass

@@ -173,8 +173,8 @@ def watch_study(url: str, name: str, interval: float) -> None:
     database restarting) is said once and retried at the next interval."""
     import time
 
-    from mnist_hpo.cli.live import Board, Watch, use_live
     from mnist_hpo.search import study as study_mod
+    from mnist_hpo.view.live import Board, Watch, use_live
 
     with reading():
         study, spec = study_mod.load(open_at(url, read_only=True), name)

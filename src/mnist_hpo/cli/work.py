@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -10,15 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from mnist_hpo.cli.live import FORMATS, Board, JsonReporter, Poller, View, reporter
+from mnist_hpo.api.work import open_view, run_processes
 from mnist_hpo.errors import EnvironmentFault, Interrupted, UsageError
-from mnist_hpo.events import WorkerDone, from_record
+from mnist_hpo.events import WorkerDone
 from mnist_hpo.fleet.cores import threads_per_job
 from mnist_hpo.settings import Settings, default_artifacts
+from mnist_hpo.view.live import FORMATS, Board, JsonReporter, View, reporter
 
 if TYPE_CHECKING:
     from mnist_hpo.fleet.worker import WorkOptions
-    from mnist_hpo.search.progress import Snapshot
 from mnist_hpo.cli.app import app
 from mnist_hpo.cli.common import (
     DEFAULTS,
@@ -191,33 +190,12 @@ def _work(
 
 
 def _view(url: str, study: str, log_format: str, verbose: bool, label: str) -> View:
-    """What this process shows. A `--jobs N` worker (it has a label) only reports its events;
-    the process the user started also reads the study for the view's study line."""
+    """What this process shows (api/work.py: the study line read from storage unless a label
+    says this is one of `--jobs N`'s workers)."""
     board = Board()
-    report = reporter(log_format, board, verbose=verbose, worker=label)
-    if label:
-        return View(report, board)
-    poller = Poller(_reader(url, study), report)
-    poller.kick()
-    return View(report, board, poller)
-
-
-def _reader(url: str, name: str) -> Callable[[], Snapshot]:
-    """Reads the study's snapshot through a storage of its own (opened at the first read)."""
-    opened: dict[str, Any] = {}
-
-    def read() -> Snapshot:
-        from mnist_hpo.resilience.retry import storage_errors
-        from mnist_hpo.resilience.storage import open_storage
-        from mnist_hpo.search import study as study_mod
-
-        with storage_errors("reading the study"):
-            if not opened:
-                storage = open_storage(url, must_exist=True, connections=1)
-                opened["study"], opened["spec"] = study_mod.load(storage, name)
-            return study_mod.snapshot(opened["study"], opened["spec"])
-
-    return read
+    return open_view(
+        url, study, reporter(log_format, board, verbose=verbose, worker=label), board, label=label
+    )
 
 
 def _work_many(
@@ -230,106 +208,18 @@ def _work_many(
     ray: Any,
     view: View,
 ) -> int:
-    from mnist_hpo.fleet import pool, worker
-
-    # Check the study and fetch the data once here, so N workers do not each report the same
-    # mistake or download the same files at the same time.
-    worker.prepare(
+    progress = None if isinstance(view.report, JsonReporter) else download_bar()
+    return run_processes(
         url,
         study,
         options,
         settings,
-        download_progress=None if isinstance(view.report, JsonReporter) else download_bar(),
-        here=ray is None,
-    )
-    n = ray.workers if ray is not None else jobs
-
-    def first_signal(signum: int) -> None:
-        from mnist_hpo.resilience.stop import signal_name
-
-        view.text(
-            f"{signal_name(signum)}: asking {n} workers to stop after their current epoch "
-            "and re-queue their trials; again to stop them at once",
-            err=True,
-        )
-
-    def environment_fault(worker: int) -> None:
-        view.text(
-            f"w{worker} stopped: the disk or the artifact store failed (its error line says "
-            "what to fix); asking the other workers to stop after their current epoch and "
-            "re-queue their trials",
-            err=True,
-        )
-
-    if ray is not None:
-        return _work_on_ray(ray, url, study, options, settings, verbose, first_signal, view)
-    commands = pool.local_commands(url, study, options, settings, jobs=jobs, verbose=verbose)
-    view.note(f"starting {jobs} worker processes with {options.threads} thread(s) each")
-    labels = [f"w{i}" for i in range(jobs)]
-
-    def relay(i: int, text: str, err: bool) -> None:
-        relay_line(view, labels[i], text, err)
-
-    return pool.run_many(
-        commands,
-        on_first_signal=first_signal,
-        on_environment_fault=environment_fault,
-        on_line=relay,
-    )
-
-
-def relay_line(view: View, label: str, text: str, err: bool) -> None:
-    """A worker process's line: its JSON record as an event of worker `label`; anything else
-    (its stderr: an error, a stop; a line from Ray) as it is."""
-    record: Any = None
-    if not err and text.startswith("{"):
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-    event = from_record(record) if isinstance(record, dict) else None
-    if event is None:
-        view.text(text if err else f"[{label}] {text}", err=err)
-        return
-    view(event, label, record.get("ts"))
-
-
-def _work_on_ray(
-    plan: Any,
-    url: str,
-    study: str,
-    options: WorkOptions,
-    settings: Settings,
-    verbose: bool,
-    first_signal: Callable[[int], None],
-    view: View,
-) -> int:
-    from mnist_hpo.fleet import pool
-    from mnist_hpo.fleet.ray_pool import LOST
-
-    view.note(
-        f"starting {plan.workers} workers on the Ray cluster at {plan.address}, "
-        f"{plan.cpus_per_worker} CPU(s) and {plan.gpus_per_worker:g} GPU(s) each"
-    )
-    codes = pool.run_on_ray(
-        plan,
-        url,
-        study,
-        options,
-        settings,
+        jobs=jobs,
         verbose=verbose,
-        on_line=lambda label, text: relay_line(view, label, text, err=False),
-        on_first_signal=first_signal,
+        view=view,
+        download_progress=progress,
+        ray=ray,
     )
-    lost = [f"w{i}" for i, c in enumerate(codes) if c == LOST]
-    if lost and pool.worst([c for c in codes if c != LOST]) == 0:
-        # A lost node is a dead worker: its trial was retried by the others (or is queued).
-        view.note(
-            f"{', '.join(lost)}: lost with its node or Ray worker; its trial is retried from its "
-            "checkpoint by another worker once its heartbeat expires (status shows it)"
-        )
-        return 0
-    return pool.worst(codes)
 
 
 def _work_here(

@@ -56,7 +56,7 @@ def worker_command(
 ) -> list[str]:
     """The command line of one worker process: every setting explicit, nothing inherited.
     `label` names it in its lines ("" where the launcher labels them itself); `log_format`
-    json: one record a line, which the launcher reads back into events (cli/live.py)."""
+    json: one record a line, which the launcher reads back into events (view/live.py)."""
     return [
         python,
         "-m",
