@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "fleet": {"base", "ml", "families", "resilience", "search"},
     "outputs": {"base", "ml", "families", "resilience", "search"},
     "view": {"base", "search"},  # the view reads search/progress's Snapshot (for types only)
-    "api": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "view", "top"},
+    "api": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "view"},
     "cli": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "view", "api"}
     | {"top"},
     # __init__ (the API's names, imported lazily) and __main__ (the CLI)

@@ -226,6 +226,42 @@ def _importances(study: optuna.Study, n_complete: int) -> str:
     )
 
 
+def figure(study: optuna.Study, kind: str) -> Any:
+    """One plotly figure by name, as the report draws it (the Python API's `Study.plot`):
+    history, intermediate, importances, size, or Optuna's parallel, slice and contour."""
+    _plotly()
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    needs = {"history": 1, "size": 1, "importances": 2, "parallel": 1, "slice": 1, "contour": 2}
+    if len(complete) < needs.get(kind, 0):
+        raise HpoError(
+            f"the {kind} plot needs at least {needs[kind]} completed trial(s); study "
+            f"{study.study_name!r} has {len(complete)}"
+        )
+    vis = optuna.visualization
+    target: dict[str, Any] = {"target": _accuracy, "target_name": "val_accuracy"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # importances' "too few trials" and experimental notes
+        match kind:
+            case "history":
+                return _history(study, complete)
+            case "size":
+                return _size_figure(complete)
+            case "intermediate":
+                return vis.plot_intermediate_values(study).update_layout(
+                    xaxis_title="epoch", yaxis_title="validation accuracy"
+                )
+            case "importances":
+                return vis.plot_param_importances(study, **target)
+            case "parallel":
+                return vis.plot_parallel_coordinate(study, **target)
+            case "slice":
+                return vis.plot_slice(study, **target)
+            case "contour":
+                return vis.plot_contour(study, **target)
+    raise HpoError(f"no plot named {kind!r}")
+
+
 def _accuracy(trial: FrozenTrial) -> float:
     """The first objective: validation accuracy, in single- and multi-objective studies."""
     return float(trial.values[0])
