@@ -37,7 +37,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "cli": {"base", "ml", "families", "resilience", "search", "fleet", "outputs", "view", "api"}
     | {"top"},
     # __init__ (the API's names, imported lazily) and __main__ (the CLI)
-    "top": {"cli", "api"},
+    "top": {"cli", "api", "base"},
 }
 # Third-party imports that belong to one part only. `signal`: the wall's Stop, and the fleet's
 # process supervisors, which forward signals to the workers they start.
@@ -179,6 +179,11 @@ def test_the_module_graph_has_no_cycles() -> None:
     deps = {
         m: {k for n in _imports(p) if (k := known(n)) not in (None, m)} for m, p in mods.items()
     }
+    # The top package imports the API only for type checkers and by name on first use
+    # (`mnist_hpo.create_study`), never while it is imported, so modules that read
+    # `mnist_hpo.__version__` close no loop (test_api.py checks that `import mnist_hpo` alone
+    # imports none of the package's modules).
+    deps["mnist_hpo"] = set()
     list(graphlib.TopologicalSorter(deps).static_order())  # raises CycleError on a loop
 
 

@@ -73,7 +73,9 @@ def _open(url: str, *, must_exist: bool = True, read_only: bool = False) -> RDBS
 def read_spec(
     spec: SpecRef, *, name: str | None = None, search: Sequence[Path] | None = None
 ) -> tuple[StudySpec, str]:
-    """A spec checked as `create-study` checks it, and where it came from (for messages)."""
+    """A spec checked as `create-study` checks it, and where it came from (for messages).
+    `search`: the folders a NAME is looked up in, in order (default: $MNIST_HPO_STUDIES, then
+    ./studies, then the shipped specs)."""
     from mnist_hpo.search import spec_files
     from mnist_hpo.search.spec import parse
 
@@ -84,8 +86,8 @@ def read_spec(
         if not data.get("name"):
             raise UsageError(f"{DICT_SOURCE} has no name; give it a 'name' key or pass name=")
         return parse(data, source=DICT_SOURCE, default_name=data["name"]), DICT_SOURCE
-    folders = [*(search or []), *defaults().studies]
-    path = spec_files.resolve_path(str(spec), spec_files.search_path(folders))
+    folders = spec_files.search_path(defaults().studies) if search is None else list(search)
+    path = spec_files.resolve_path(str(spec), folders)
     return spec_files.read_spec(path, name=name), spec_files.origin(path)
 
 
@@ -114,7 +116,10 @@ def create_study(
     `storage` is a SQLAlchemy URL (default: $MNIST_HPO_STORAGE, else the SQLite file the CLI
     uses); `studies`: folders searched first for a NAME.
     """
-    parsed, _ = read_spec(spec, name=name, search=studies)
+    from mnist_hpo.search.spec_files import search_path
+
+    folders = search_path([*(studies or []), *defaults().studies])
+    parsed, _ = read_spec(spec, name=name, search=folders)
     return create(parsed, storage)[0]
 
 

@@ -85,11 +85,10 @@ def report(
     storage: StorageOpt = None,
 ) -> None:
     """Write a self-contained HTML report: history, pruning, importances, top trials."""
-    from mnist_hpo.outputs import report as report_mod
+    from mnist_hpo.api import studies as api
 
     out = output or Path(f"{study}-report.html")
-    with reading("writing the report"):
-        report_mod.write_report(storage_url(storage), study, out, top=top)
+    api.load_study(study, storage=storage_url(storage), read_only=True).report(out, top=top)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; opens offline in any browser)")
 
 

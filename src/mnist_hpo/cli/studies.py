@@ -3,6 +3,9 @@ studies, data."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -50,16 +53,14 @@ def create_study(
     storage: StorageOpt = None,
 ) -> None:
     """Create a study from a spec; the whole spec is stored in the study for every worker."""
+    from mnist_hpo.api import studies as api
     from mnist_hpo.resilience.storage import redact
-    from mnist_hpo.search import spec_files
-    from mnist_hpo.search import study as study_mod
 
-    path = spec_files.resolve_path(spec, search(studies))
-    parsed = spec_files.read_spec(path, name=name)
-    typer.echo(f"spec: {spec_files.origin(path)}")
+    parsed, where = api.read_spec(spec, name=name, search=search(studies))
+    typer.echo(f"spec: {where}")
     url = storage_url(storage)
-    with reading("creating the study"):
-        study_obj, created = study_mod.create(open_at(url, must_exist=False), parsed)
+    made, created = api.create(parsed, url)
+    study_obj = made.optuna
     if not created:
         typer.echo(f"study {parsed.name!r} already exists with this spec; nothing to do")
         return
@@ -124,12 +125,13 @@ def status(
 
 
 def print_status(url: str, name: str) -> None:
+    from mnist_hpo.api import studies as api
     from mnist_hpo.search import family_origin
-    from mnist_hpo.search import study as study_mod
 
-    with reading():
-        study, spec = study_mod.load(open_at(url, read_only=True), name)
-        summary = study_mod.summarize(study, spec)
+    found = api.load_study(name, storage=url, read_only=True)
+    study, spec = found.optuna, found.spec
+    stands = found.status()
+    summary = stands.summary
     objectives = f", objectives {' + '.join(spec.objectives)}" if spec.multi_objective else ""
     typer.echo(
         f"study {name}: {spec.family}, {spec.epochs} epochs/trial, {spec.sampler} sampler, "
@@ -140,8 +142,7 @@ def print_status(url: str, name: str) -> None:
     origin = family_origin.recorded(study.user_attrs)
     if origin is not None and not origin.built_in:
         typer.echo(f"family {spec.family}: {origin.describe()}")
-    data = study.user_attrs.get(study_mod.DATA_ATTR)
-    typer.echo(f"data: {data['source'] if data else f'{spec.dataset} (no worker has run yet)'}")
+    typer.echo(f"data: {stands.data}")
     p = summary.progress
     states = ", ".join(f"{k} {v}" for k, v in p.counts.items()) or "none yet"
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
@@ -254,61 +255,94 @@ def best(
     storage: StorageOpt = None,
 ) -> None:
     """The best trial by validation accuracy (a multi-objective study: its Pareto front)."""
-    from mnist_hpo.search import study as study_mod
+    from mnist_hpo.api import studies as api
 
-    with reading():
-        s, spec = study_mod.load(open_at(storage_url(storage), read_only=True), study)
-        front = study_mod.front(s)
+    found = api.load_study(study, storage=storage_url(storage), read_only=True)
+    front = found.front()
     if not front:
-        raise HpoError(
-            f"study {study!r} has no completed (feasible) trial yet; run `mnist-hpo work {study}`"
-        )
-    records = [study_mod.best_record(s, spec, t) for t in front]
+        found.best  # noqa: B018 - raises the one sentence for a study without a completed trial
     if as_json:  # the best trial; the whole Pareto front (a list) for a multi-objective study
-        typer.echo(json.dumps(records if spec.multi_objective else records[0], indent=2))
+        records = [b.record for b in front]
+        typer.echo(json.dumps(records if found.spec.multi_objective else records[0], indent=2))
         return
-    for t in front:
-        typer.echo(f"{_trial_line(t, spec)} ({study}, {spec.family})")
-        typer.echo(f"  params: {fmt_params(t.params)}")
+    trials = {t.number: t for t in found.optuna.get_trials(deepcopy=False)}
+    for b in front:
+        typer.echo(f"{_trial_line(trials[b.number], found.spec)} ({study}, {found.spec.family})")
+        typer.echo(f"  params: {fmt_params(b.params)}")
+
+
+@app.command()
+@command
+def trials(
+    study: StudyArg,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV with a header row, one params_NAME column each.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON list: one object per trial, params nested.")
+    ] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Every trial as a row: number, state, validation and test accuracy, epochs, seconds,
+    parameter count and parameters; a table, or --csv / --json for spreadsheets and scripts."""
+    from mnist_hpo.api import records
+    from mnist_hpo.api import studies as api
+
+    if as_csv and as_json:
+        raise UsageError("--csv and --json: pick one")
+    found = api.load_study(study, storage=storage_url(storage), read_only=True).trial_records()
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(t) for t in found], indent=2))
+        return
+    names = records.param_names(found)
+    rows = [records.trial_row(t, names) for t in found]
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, [*records.TRIAL_COLUMNS, *(f"params_{n}" for n in names)])
+        writer.writeheader()
+        writer.writerows(rows)
+        typer.echo(out.getvalue(), nl=False)
+        return
+    typer.echo(_trials_table(found))
+
+
+def _trials_table(found: list[Any]) -> str:
+    """The plain table: one line a trial, its parameters last (the widest column)."""
+    head = (
+        f"{'#':>4} {'state':<11} {'val':>7} {'test':>7} {'epochs':>6} {'seconds':>8} {'params':>10}"
+    )
+    lines = [head + "  hyperparameters"]
+    for t in found:
+        secs = "-" if t.seconds is None else f"{t.seconds:.1f}"
+        size = "-" if t.n_params is None else f"{t.n_params:,}"
+        lines.append(
+            f"{t.number:>4} {t.state:<11} {pct(t.validation_accuracy):>7} "
+            f"{pct(t.test_accuracy):>7} {t.epochs:>6} {secs:>8} {size:>10}  {fmt_params(t.params)}"
+        )
+    if not found:
+        lines.append("  (no trials yet)")
+    return "\n".join(lines)
 
 
 @app.command("list")
 @command
 def list_studies(storage: StorageOpt = None) -> None:
     """Studies in the storage with their progress and best accuracies."""
-    import optuna
-
+    from mnist_hpo.api import studies as api
     from mnist_hpo.resilience.storage import redact
-    from mnist_hpo.search import progress
-    from mnist_hpo.search import study as study_mod
-    from mnist_hpo.search.budget import uses_budget
-    from mnist_hpo.search.spec import StudySpec
 
     url = storage_url(storage)
-    with reading("listing the studies"):
-        st = open_at(url, read_only=True)
-        summaries = optuna.get_all_study_summaries(storage=st, include_best_trial=False)
-        trials = {
-            s.study_name: st.get_all_trials(st.get_study_id_from_name(s.study_name), deepcopy=False)
-            for s in summaries
-        }
-    if not summaries:
+    found = api.studies(url)
+    if not found:
         typer.echo(f"no studies in {redact(url)}")
         return
     typer.echo(f"{'study':<24} {'family':<11} {'trials':>9} {'best val':>9} {'its test':>9}")
-    for s in summaries:
-        stored = s.user_attrs.get(study_mod.SPEC_ATTR) or {}
-        mine = trials[s.study_name]
-        # The budget counted as every command counts it (search/budget.py), not Optuna's
-        # n_trials, which also counts handed-back trials and their queued retries.
-        budget = StudySpec.from_dict(stored).budget() if stored else "?"
-        best = progress.best_of(mine)  # feasible (within max_params); a Pareto front's top
-        kind = " (Pareto front: see status)" if len(stored.get("objectives", [])) > 1 else ""
-        used = f"{sum(map(uses_budget, mine))}/{budget}"
+    for s in found:
+        used = f"{s.spent}/{'?' if s.budget is None else s.budget}"
+        kind = " (Pareto front: see status)" if s.pareto else ""
         typer.echo(
-            f"{s.study_name:<24} {stored.get('family', '?'):<11} {used:>9} "
-            f"{pct(best.values[0] if best else None):>9} "
-            f"{pct(best.user_attrs.get('test_accuracy') if best else None):>9}{kind}"
+            f"{s.name:<24} {s.family:<11} {used:>9} {pct(s.best_validation):>9} "
+            f"{pct(s.best_test):>9}{kind}"
         )
 
 
@@ -321,21 +355,16 @@ def delete_study(
     artifacts: ArtifactsOpt = None,
 ) -> None:
     """Delete a study and all its trials, and the checkpoint files its trials left behind."""
+    from mnist_hpo.api import studies as api
     from mnist_hpo.resilience.storage import redact
-    from mnist_hpo.search import study as study_mod
-    from mnist_hpo.search.checkpoints import Checkpoints
 
     url = storage_url(storage)
     location = artifacts or default_artifacts()
-    with reading("deleting the study"):
-        st = open_at(url)
-        spec = study_mod.read_spec(st, study)
-        checkpoints = Checkpoints.at(location)
-        if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
-            raise UsageError("not deleted")
-        trials = study_mod.delete(st, study)
+    found = api.load_study(study, storage=url)
+    if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
+        raise UsageError("not deleted")
+    removed = found.delete(artifacts=location)
     typer.echo(f"deleted study {study!r} from {redact(url)}")
-    removed = checkpoints.remove_trials(trials, spec.epochs)
     if removed:
         typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
 
@@ -345,18 +374,16 @@ def delete_study(
 def families() -> None:
     """The model families, built-in and from installed plugins: where each comes from and the
     parameters it searches."""
-    from mnist_hpo.families.registry import available
-    from mnist_hpo.ml.hyperparams import SPEC_DEPENDENT
-    from mnist_hpo.search.spec import declared_params
+    from mnist_hpo.api import studies as api
 
-    for listed in available():
+    for listed in api.families():
         typer.secho(listed.name, bold=True, nl=False)
-        if listed.family is None:
+        if listed.problem:
             typer.echo(f" [{listed.origin}]: unusable: {listed.problem}")
             continue
-        typer.echo(f" [{listed.origin}]: {listed.family.summary}")
-        for name, param in sorted(declared_params(listed.family).items()):
-            typer.echo(f"    {name:<14} {SPEC_DEPENDENT.get(name) or param.describe()}")
+        typer.echo(f" [{listed.origin}]: {listed.summary}")
+        for name, described in listed.params.items():
+            typer.echo(f"    {name:<14} {described}")
     typer.echo(
         'A spec may also name a module that holds a family: family = "my_pkg.lenet5"; plugins '
         "and the family contract: docs/families.md"
