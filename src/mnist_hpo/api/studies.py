@@ -64,6 +64,10 @@ def storage_calls(what: str = "reading the study") -> Iterator[None]:
         yield
 
 
+def _path(p: str | Path | None) -> Path | None:
+    return None if p is None else Path(p)
+
+
 def _open(url: str, *, must_exist: bool = True, read_only: bool = False) -> RDBStorage:
     from mnist_hpo.resilience.storage import open_storage
 
@@ -94,11 +98,18 @@ def read_spec(
 def create(spec: StudySpec, storage: str | None = None) -> tuple[Study, bool]:
     """The study of a checked spec, created unless it exists with the same spec: (study,
     whether this call created it). A different spec under the same name is a UsageError."""
+    import optuna
+
     from mnist_hpo.search import study as study_mod
 
     url = storage or defaults().storage
-    with storage_calls("creating the study"):
-        made, created = study_mod.create(_open(url, must_exist=False), spec)
+    was = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not Optuna's "A new study created"
+    try:
+        with storage_calls("creating the study"):
+            made, created = study_mod.create(_open(url, must_exist=False), spec)
+    finally:
+        optuna.logging.set_verbosity(was)
     return Study(url, spec.name, spec, made), created
 
 
@@ -302,8 +313,8 @@ class Study:
         *,
         trial: int | None = None,
         device: str | None = None,
-        data_dir: Path | None = None,
-        cache: Path | None = None,
+        data_dir: str | Path | None = None,
+        cache: str | Path | None = None,
         download: bool = True,
     ) -> Exported:
         """Save the best trial's model (or `trial`'s) as a safetensors file for `predict`,
@@ -317,8 +328,8 @@ class Study:
                 self.name,
                 Path(path or f"{default}.safetensors"),
                 trial_number=trial,
-                data_dir=data_dir or defaults().data_dir,
-                cache_dir=cache,
+                data_dir=_path(data_dir) or defaults().data_dir,
+                cache_dir=_path(cache),
                 download=download,
                 device=device,
             )
@@ -343,8 +354,8 @@ class Study:
         *,
         precision: str = "auto",
         threads: int | None = None,
-        data_dir: Path | None = None,
-        cache: Path | None = None,
+        data_dir: str | Path | None = None,
+        cache: str | Path | None = None,
         download: bool = True,
         wait: bool = True,
         artifacts: str | None = None,
@@ -375,8 +386,8 @@ class Study:
             device=device,
             precision=precision,
             threads=threads or threads_per_job(jobs),
-            data_dir=data_dir or given.data_dir,
-            cache=cache,
+            data_dir=_path(data_dir) or given.data_dir,
+            cache=_path(cache),
             download=download,
             wait=wait,
             artifacts=artifacts or given.artifacts,

@@ -99,10 +99,29 @@ def make_sampler(
         if name == "grid":
             # Not the per-trial seed: GridSampler maps grid_id -> point through a shuffle seeded
             # by this value, so every worker must shuffle identically or ids mean other points.
-            return optuna.samplers.GridSampler(dict(grid), seed=seed)
+            return GridWithoutStop(dict(grid), seed=seed)
         raise ValueError(f"unknown sampler {name!r}")
 
     return PerTrialSeed(build, seed)
+
+
+class GridWithoutStop(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, without its study.stop() once the grid is exhausted.
+
+    That call is legal only inside `study.optimize`, and our workers ask and tell (fleet/worker);
+    at a grid's last point it raised RuntimeError from `study.tell` and failed the worker (a
+    2 x 2 grid on 2 workers, Optuna 5.0). Nothing is lost: a grid study's budget is the grid's
+    size (spec.budget), and the budget rule stops every worker when it is spent.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
 
 
 class PerTrialSeed(BaseSampler):
