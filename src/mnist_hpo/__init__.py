@@ -15,6 +15,7 @@ each call):
     mnist_hpo.load_study(name, storage=None)       # a study created before
     mnist_hpo.studies(storage=None)                # the studies in a storage: StudyInfo
     mnist_hpo.families()                           # the model families: FamilyInfo
+    mnist_hpo.spec_dict("report_cnn")              # a spec file as a dict, to change and create
 
 Storage, data and artifact locations default to the CLI's environment variables
 (MNIST_HPO_STORAGE, MNIST_HPO_DATA, MNIST_HPO_ARTIFACTS), then to its defaults. Errors are
@@ -38,7 +39,7 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
 
 if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports on first use
     from mnist_hpo.api.records import Best, FamilyInfo, Status, StudyInfo, Trial, WorkResult
-    from mnist_hpo.api.studies import Study, create_study, load_study, studies
+    from mnist_hpo.api.studies import Study, create_study, load_study, spec_dict, studies
     from mnist_hpo.errors import HpoError, UsageError
 
 # Public name -> the module that holds it.
@@ -46,6 +47,7 @@ _EXPORTS = {
     "create_study": "mnist_hpo.api.studies",
     "load_study": "mnist_hpo.api.studies",
     "studies": "mnist_hpo.api.studies",
+    "spec_dict": "mnist_hpo.api.studies",
     "Study": "mnist_hpo.api.studies",
     "Best": "mnist_hpo.api.records",
     "FamilyInfo": "mnist_hpo.api.records",
@@ -72,6 +74,7 @@ __all__ = [
     "create_study",
     "families",
     "load_study",
+    "spec_dict",
     "studies",
 ]
 

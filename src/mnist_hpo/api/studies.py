@@ -95,6 +95,21 @@ def read_spec(
     return spec_files.read_spec(path, name=name), spec_files.origin(path)
 
 
+def spec_dict(ref: str | Path, *, studies: Sequence[Path] | None = None) -> dict[str, Any]:
+    """A spec file's keys as a dict, found as `create_study` finds a NAME (or a .toml path):
+    change what you like and pass it to `create_study`, which checks it as it checks a file."""
+    import tomllib
+
+    from mnist_hpo.search import spec_files
+
+    folders = spec_files.search_path([*(studies or []), *defaults().studies])
+    path = spec_files.resolve_path(str(ref), folders)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path} is not valid TOML ({e}); fix the syntax there") from None
+
+
 def create(spec: StudySpec, storage: str | None = None) -> tuple[Study, bool]:
     """The study of a checked spec, created unless it exists with the same spec: (study,
     whether this call created it). A different spec under the same name is a UsageError."""
