@@ -172,8 +172,6 @@ show(fig, "families")
 for label, study, report, tuned in ROWS:
     b = study.best
     said = "-" if report is None else f"{report:.2%}"
-    print(
-        f"{label:<38} report {said:>7}   this run {b.test_accuracy:.2%}   tuned {tuned:.2%}"
-    )
+    print(f"{label:<38} report {said:>7}   this run {b.test_accuracy:.2%}   tuned {tuned:.2%}")
 print(f"course report rerun ({BUDGET}): studies in {STORAGE}, figures in {OUT}/")
 print("the service's tuned results: docs/results.md; `mnist-hpo report STUDY` for any study")

@@ -245,3 +245,27 @@ def test_the_course_report_runs_as_a_notebook(tmp_path: Path, mnist_dir: Path) -
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
+
+
+def test_every_python_block_in_the_api_doc_runs(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/python-api.md's ```python blocks, in order, in one namespace, as a reader would."""
+    import re
+
+    doc = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```$", doc, re.M | re.S)
+    assert len(blocks) >= 10
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNIST_HPO_STORAGE", f"sqlite:///{tmp_path / 'studies.db'}")
+    monkeypatch.setenv("MNIST_HPO_DATA", str(mnist_dir))
+    monkeypatch.setenv("MNIST_HPO_ARTIFACTS", str(tmp_path / "art"))
+    monkeypatch.delenv("MNIST_HPO_STUDIES", raising=False)
+    namespace: dict[str, Any] = {}
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"python-api.md block {i + 1}", "exec"), namespace)
+        except Exception as e:  # say which block broke
+            raise AssertionError(f"block {i + 1} of docs/python-api.md failed:\n{block}") from e
+    assert (tmp_path / "tiny-best.safetensors").exists()
+    assert [s.name for s in mnist_hpo.studies()] == ["tiny"]
