@@ -183,8 +183,11 @@ def test_an_interrupt_in_work_hands_the_trials_back(mnist_dir: Path, tmp_path: P
     study = mnist_hpo.create_study(write_spec(tmp_path, "slow", SLOW_SPEC), storage=url)
     from mnist_hpo.events import EpochDone
 
+    sent: list[int] = []
+
     def interrupt_after_an_epoch(event: Any, worker: str) -> None:
-        if isinstance(event, EpochDone) and event.epoch == 1:
+        if isinstance(event, EpochDone) and not sent:  # once: a second one stops them at once
+            sent.append(signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)  # what Jupyter's stop button sends the kernel
 
     with pytest.raises(KeyboardInterrupt, match="handed their trials back"):
@@ -196,7 +199,7 @@ def test_an_interrupt_in_work_hands_the_trials_back(mnist_dir: Path, tmp_path: P
         )
     counts = study.status().counts
     assert counts.get("handed back", 0) >= 1, counts
-    assert "failed" not in counts and "running" not in counts, counts
+    assert set(counts) <= {"handed back", "waiting", "complete"}, counts  # waiting: the retries
 
 
 COURSE = ROOT / "examples" / "course_report.py"
