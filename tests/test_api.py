@@ -47,6 +47,14 @@ GRID: dict[str, Any] = {
 }
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def api_storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite in the default run; the same run on PostgreSQL with the slow tests (as the CLI's)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 def test_import_mnist_hpo_is_cheap_and_help_shows_the_api() -> None:
     code = (
         "import sys, mnist_hpo\n"
@@ -96,8 +104,9 @@ def test_a_missing_study_is_the_clis_sentence(tmp_path: Path) -> None:
 
 
 def test_create_work_trials_best_plot_report_export_delete(
-    storage_url: str, mnist_dir: Path, tmp_path: Path
+    api_storage: str, mnist_dir: Path, tmp_path: Path
 ) -> None:
+    storage_url = api_storage
     study = mnist_hpo.create_study(GRID, storage=storage_url)
     assert mnist_hpo.create_study(GRID, storage=storage_url).name == "grid"  # same spec: kept
     seen: list[str] = []
