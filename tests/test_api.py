@@ -257,6 +257,9 @@ def test_the_course_report_runs_as_a_notebook(tmp_path: Path, mnist_dir: Path) -
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
+    # Study.work's view in the cell: the display handle's last drawing, with the study line.
+    views = [o["data"].get("text/html", "") for o in outputs if "data" in o]
+    assert any("of the budget used" in v and "<pre>" in v for v in views)
 
 
 def test_every_python_block_in_the_api_doc_runs(

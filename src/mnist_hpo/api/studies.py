@@ -122,10 +122,12 @@ def create(spec: StudySpec, storage: str | None = None) -> tuple[Study, bool]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not Optuna's "A new study created"
     try:
         with storage_calls("creating the study"):
-            made, created = study_mod.create(_open(url, must_exist=False), spec)
+            opened = _open(url, must_exist=False)
+            created = study_mod.create(opened, spec)[1]
+            made, stored = study_mod.load(opened, spec.name)  # with the spec's sampler, pruner
     finally:
         optuna.logging.set_verbosity(was)
-    return Study(url, spec.name, spec, made), created
+    return Study(url, spec.name, stored, made), created
 
 
 def create_study(

@@ -258,9 +258,7 @@ def best(
     from mnist_hpo.api import studies as api
 
     found = api.load_study(study, storage=storage_url(storage), read_only=True)
-    front = found.front()
-    if not front:
-        found.best  # noqa: B018 - raises the one sentence for a study without a completed trial
+    front = found.front() or [found.best]  # .best: the sentence for a study without one
     if as_json:  # the best trial; the whole Pareto front (a list) for a multi-objective study
         records = [b.record for b in front]
         typer.echo(json.dumps(records if found.spec.multi_objective else records[0], indent=2))
