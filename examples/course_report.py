@@ -20,8 +20,9 @@
 # **Budget.** `COURSE_REPORT_BUDGET=ci` (a 2,000-image subset, 1 epoch: 67 s as a script),
 # `small` (the default: 10,000 images, 2 epochs: 96 s) or `full` (the report's 5 epochs on all
 # 50,000 training images: hours, the CNN alone about two). Measured on a 2-core AMD EPYC VM,
-# precision auto (bfloat16 autocast where it picks it), 2 workers, 24 trials in 6 studies. The data: `MNIST_HPO_DATA`
-# (a folder with the four MNIST files), else the cache, else a verified download.
+# precision auto (bfloat16 autocast where it picks it), 2 workers, 24 trials in 6 studies.
+# The data: `MNIST_HPO_DATA` (a folder with the four MNIST files), else the cache, else a
+# verified download.
 # `COURSE_REPORT_OUT` is where the study database and the figures go (default `course-report/`).
 #
 # Open it as a notebook with `jupytext --to notebook examples/course_report.py`, or run it as a
