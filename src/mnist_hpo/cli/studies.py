@@ -147,6 +147,10 @@ def print_status(url: str, name: str) -> None:
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
     for line in _status_extras(spec, summary):
         typer.echo(line)
+    from mnist_hpo.search.kept import status_line as kept_line
+
+    if ensemble_line := kept_line(study):
+        typer.echo(ensemble_line)
     for t, reason in summary.given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried
         typer.echo(f"given up: trial {t.number}: {reason}")
     if len(summary.given_up) > MAX_GIVEN_UP_SHOWN:
@@ -264,6 +268,10 @@ def best(
             f"study {study!r} has no completed (feasible) trial yet; run `mnist-hpo work {study}`"
         )
     records = [study_mod.best_record(s, spec, t) for t in front]
+    from mnist_hpo.search.kept import recorded_ensemble
+
+    for r in records:  # the ensemble `mnist-hpo ensemble` recorded on this study, or None
+        r["ensemble"] = recorded_ensemble(s)
     if as_json:  # the best trial; the whole Pareto front (a list) for a multi-objective study
         typer.echo(json.dumps(records if spec.multi_objective else records[0], indent=2))
         return
@@ -338,6 +346,11 @@ def delete_study(
     removed = checkpoints.remove_trials(trials, spec.epochs)
     if removed:
         typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
+    from mnist_hpo.search.kept import Kept
+
+    kept = Kept(checkpoints.store, location).remove_trials(trials)
+    if kept:
+        typer.echo(f"removed {kept} kept weights and probabilities file(s) from {location}")
 
 
 @app.command()

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
 ATTR = "kept"  # trial user attr: {"weights": {"id", "bytes"} | None, "val_probs": ..., ...}
+ENSEMBLE_ATTR = "ensemble"  # study user attr (the first study): what `ensemble` chose
 PARTS = ("weights", "val_probs", "test_probs")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -174,3 +175,22 @@ class Kept:
     def remove_trials(self, trials: list[FrozenTrial]) -> int:
         """Delete every set these trials recorded (delete-study); how many files there were."""
         return sum(self.remove_set(k) for t in trials if (k := of(t)) is not None)
+
+
+def recorded_ensemble(study: optuna.Study) -> dict[str, Any] | None:
+    """The ensemble `mnist-hpo ensemble` recorded on this study, if any."""
+    value = study.user_attrs.get(ENSEMBLE_ATTR)
+    return value if isinstance(value, dict) else None
+
+
+def status_line(study: optuna.Study) -> str | None:
+    """`status`'s line about the study's ensemble, or None."""
+    e = recorded_ensemble(study)
+    if e is None:
+        return None
+    single = (e.get("best_single") or {}).get("test_accuracy")
+    return (
+        f"ensemble: {len(e['members'])} trials of {', '.join(e['studies'])} (size {e['size']}), "
+        f"validation {100 * e['val_accuracy']:.2f}%, test {100 * e['test_accuracy']:.2f}% "
+        f"(best single trial's test {'-' if single is None else f'{100 * single:.2f}%'})"
+    )

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial
 
 from mnist_hpo.errors import ControlFlow, HpoError, Infeasible, TakenOver, TrialFailed
 from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted
-import torch
-
 from mnist_hpo.ml import latency
 from mnist_hpo.ml.data import Data
 from mnist_hpo.ml.device import pick_precision
@@ -31,7 +30,7 @@ from mnist_hpo.resilience.trials import Lease
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import Built, build_trial, trial_seed
 from mnist_hpo.search.checkpoints import Checkpoints, Pointer, Resume, new_key
-from mnist_hpo.search.kept import FINISHED, Kept, Outcome, weights_bytes, wants_weights
+from mnist_hpo.search.kept import FINISHED, Kept, Outcome, wants_weights, weights_bytes
 from mnist_hpo.search.kept import of as kept_of
 from mnist_hpo.search.spec import PINS_ATTR, StudySpec
 
@@ -123,7 +122,9 @@ class Objective:
         self.listener(TrialStarted(trial.number, dict(trial.params), resumed, epochs))
         return built, precision, pointer, resume
 
-    def _epoch_hook(self, lease: Lease, pointer: Pointer, built: Built) -> Callable[[EpochEnd], None]:
+    def _epoch_hook(
+        self, lease: Lease, pointer: Pointer, built: Built
+    ) -> Callable[[EpochEnd], None]:
         """What happens after each epoch: still ours? checkpoint, report, stop? prune?"""
         trial, epochs = lease.trial, built.cfg.epochs
         reported = set(lease.frozen.intermediate_values)  # a retry inherits the epochs reported
@@ -187,7 +188,8 @@ class Objective:
         cap = self.spec.keep_weights
         trial = lease.trial
         finished = lease.record(
-            "reading the kept trials", lambda: trial.study.get_trials(deepcopy=False, states=FINISHED)
+            "reading the kept trials",
+            lambda: trial.study.get_trials(deepcopy=False, states=FINISHED),
         )
         outputs = "logits" if built.cfg.loss == "cross_entropy" else "scores"
         outcome = Outcome(
