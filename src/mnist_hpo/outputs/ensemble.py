@@ -92,6 +92,7 @@ class Outcome:
     weights: dict[int, float]
     val_by_size: list[float]
     test_by_size: list[float]  # the same prefixes on test, measured after the selection
+    member_test: dict[int, float]  # each member alone on test (a pruned trial recorded none)
 
     @property
     def val_accuracy(self) -> float:
@@ -121,7 +122,8 @@ def choose(
     for k, i in enumerate(chosen.picks, start=1):
         running += tests[i]
         test_by_size.append(selection.accuracy(running / k, test_labels))
-    return Outcome(chosen.picks, chosen.weights, chosen.val_accuracy, test_by_size)
+    alone = {i: selection.accuracy(p, test_labels) for i, p in tests.items()}
+    return Outcome(chosen.picks, chosen.weights, chosen.val_accuracy, test_by_size, alone)
 
 
 def labels(
@@ -180,7 +182,7 @@ def record(pool: Pool, outcome: Outcome, size: int, seed: int) -> dict[str, Any]
             "trial": cands[i].trial.number,
             "weight": w,
             "val_accuracy": cands[i].val_accuracy,
-            "test_accuracy": cands[i].trial.user_attrs.get("test_accuracy"),
+            "test_accuracy": outcome.member_test[i],
         }
         for i, w in outcome.weights.items()
     ]
