@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import write_spec
 from mnist_hpo.cli import app
-from mnist_hpo.outputs import model_file, predict
+from mnist_hpo.outputs import model_file, predict, report
 from mnist_hpo.resilience import storage as storage_mod
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.spec_files import load_spec
@@ -69,8 +69,10 @@ def test_ensemble_is_recorded_and_exported_and_predict_reads_it(
     # The file's members and weights give the ensemble's validation accuracy the selection
     # measured (on float16 probabilities: at most an image or two apart on 1,000).
     assert abs(loaded.meta["validation_accuracy"] - chosen["val_accuracy"]) <= 0.002
-    raw = study_mod.load(storage_mod.open_storage(copy["MNIST_HPO_STORAGE"]), name)[0]
-    assert raw.user_attrs["ensemble"]["size"] == 8
+    study, spec = study_mod.load(storage_mod.open_storage(copy["MNIST_HPO_STORAGE"]), name)
+    assert study.user_attrs["ensemble"]["size"] == 8
+    page = report.render(study, spec)
+    assert "Ensemble accuracy against its size" in page and "in 8 picks" in page
     images = mnist_dir / "t10k-images-idx3-ubyte.gz"
     pixels, names = predict.read_images(images)
     preds = predict.classify(loaded, pixels, names)
