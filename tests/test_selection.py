@@ -94,3 +94,11 @@ def test_a_size_below_one_is_refused(size: int) -> None:
     probs, labels = _library(models=2)
     with pytest.raises(ValueError, match="size >= 1"):
         selection.select(probs, labels, size=size)
+
+
+def test_the_shortcut_counts_what_a_full_argmax_counts() -> None:
+    probs, labels = _library(seed=4)
+    stack = np.stack([p.astype(np.float32) for p in probs])
+    total = stack[:3].sum(axis=0)
+    full = ((total[None] + stack).argmax(axis=2) == labels).sum(axis=1)
+    assert (selection._hits(total, stack, labels) == full).all()

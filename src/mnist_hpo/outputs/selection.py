@@ -83,7 +83,7 @@ def select(
     ]
     rng = np.random.default_rng(seed)
     for k in range(len(picks) + 1, size + 1):
-        hits = ((total[None] + stack).argmax(axis=2) == labels).sum(axis=1)
+        hits = _hits(total, stack, labels)
         losses = -np.log(np.clip((total_right[None] + right) / k, EPS, None)).mean(axis=1)
         best = np.flatnonzero(hits == hits.max())
         best = best[losses[best] == losses[best].min()]
@@ -93,6 +93,22 @@ def select(
         total_right += right[m]
         trajectory.append((float(hits[m]) / len(labels), float(losses[m])))
     return Selection(picks, [a for a, _ in trajectory], [ll for _, ll in trajectory])
+
+
+def _hits(total: np.ndarray, stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """How many images each candidate added to the running sum `total` gets right. A model adds
+    at most 1 to any class, so an image whose true class leads (or trails) every other by more
+    than 1 stays right (wrong) whatever is added: only the rest, a few percent of the images
+    once three models are summed, is recomputed per candidate (100 trials, 25 picks: 2.2 s of
+    full argmaxes down to well under 1 s on 2 cores)."""
+    rows = np.arange(len(labels))
+    others = total.copy()
+    others[rows, labels] = -np.inf
+    margin = total[rows, labels] - others.max(axis=1)
+    open_ = np.abs(margin) <= 1.0 + 1e-3  # float16 probabilities may round a little over 1
+    settled = int(np.count_nonzero(margin[~open_] > 0))
+    summed = total[open_][None] + stack[:, open_]
+    return settled + (summed.argmax(axis=2) == labels[open_]).sum(axis=1)
 
 
 def _score(
