@@ -108,7 +108,8 @@ def _hits(total: np.ndarray, stack: np.ndarray, labels: np.ndarray) -> np.ndarra
     open_ = np.abs(margin) <= 1.0 + 1e-3  # float16 probabilities may round a little over 1
     settled = int(np.count_nonzero(margin[~open_] > 0))
     summed = total[open_][None] + stack[:, open_]
-    return settled + (summed.argmax(axis=2) == labels[open_]).sum(axis=1)
+    hits: np.ndarray = settled + (summed.argmax(axis=2) == labels[open_]).sum(axis=1)
+    return hits
 
 
 def _score(
