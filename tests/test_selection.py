@@ -102,3 +102,10 @@ def test_the_shortcut_counts_what_a_full_argmax_counts() -> None:
     total = stack[:3].sum(axis=0)
     full = ((total[None] + stack).argmax(axis=2) == labels).sum(axis=1)
     assert (selection._hits(total, stack, labels) == full).all()
+
+
+def test_a_diverged_trial_is_never_picked_and_breaks_nothing() -> None:
+    probs, labels = _library(models=4)
+    nan = np.full_like(probs[0], np.nan)
+    chosen = selection.select([nan, *probs], labels, size=10)
+    assert 0 not in chosen.picks and not np.isnan(chosen.val_log_loss).any()

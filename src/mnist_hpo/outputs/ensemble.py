@@ -164,6 +164,8 @@ def run(
             size=size,
             seed=seed,
         )
+    except ValueError as e:
+        raise HpoError(f"no ensemble of {', '.join(names)}: {e}") from None
     except LookupError as e:
         raise HpoError(
             f"{e}; point --artifacts (MNIST_HPO_ARTIFACTS) at the workers' store"

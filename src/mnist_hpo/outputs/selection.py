@@ -69,12 +69,17 @@ def select(
     if size < 1 or not val_probs:
         raise ValueError("ensemble selection needs at least one candidate and size >= 1")
     stack = np.stack([p.astype(np.float32) for p in val_probs])  # (M, N, C)
+    # A diverged trial kept NaN probabilities: never picked (as zeros it would only dilute).
+    usable = np.isfinite(stack).all(axis=(1, 2))
+    stack[~usable] = 0.0
+    if not usable.any():
+        raise ValueError("every candidate's probabilities are NaN or infinite (diverged)")
     labels = np.asarray(val_labels, dtype=np.int64)
     rows = np.arange(len(labels))
     right = stack[:, rows, labels]  # (M, N): each model's probability of the true class
     correct = (stack.argmax(axis=2) == labels).sum(axis=1)
     log_loss = -np.log(np.clip(right, EPS, None)).mean(axis=1)
-    order = sorted(range(len(stack)), key=lambda m: (-correct[m], log_loss[m], m))
+    order = sorted(range(len(stack)), key=lambda m: (not usable[m], -correct[m], log_loss[m], m))
     picks = order[: min(n_init, size)]
     total, total_right = stack[picks].sum(axis=0), right[picks].sum(axis=0)
     trajectory = [
@@ -83,7 +88,7 @@ def select(
     ]
     rng = np.random.default_rng(seed)
     for k in range(len(picks) + 1, size + 1):
-        hits = _hits(total, stack, labels)
+        hits = np.where(usable, _hits(total, stack, labels), -1)
         losses = -np.log(np.clip((total_right[None] + right) / k, EPS, None)).mean(axis=1)
         best = np.flatnonzero(hits == hits.max())
         best = best[losses[best] == losses[best].min()]
