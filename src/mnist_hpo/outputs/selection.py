@@ -70,7 +70,7 @@ def select(
         raise ValueError("ensemble selection needs at least one candidate and size >= 1")
     stack = np.stack([p.astype(np.float32) for p in val_probs])  # (M, N, C)
     # A diverged trial kept NaN probabilities: never picked (as zeros it would only dilute).
-    usable: np.ndarray = np.isfinite(stack).all(axis=(1, 2))
+    usable = np.asarray(np.isfinite(stack).all(axis=(1, 2)), dtype=bool)
     stack[~usable] = 0.0
     if not usable.any():
         raise ValueError("every candidate's probabilities are NaN or infinite (diverged)")
