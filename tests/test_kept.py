@@ -106,6 +106,8 @@ def test_a_crash_retried_trial_keeps_exactly_one_set(tmp_path: Path, mnist_dir: 
     assert record is not None
     files = sorted(p.name for p in (tmp_path / "art").iterdir())
     assert files == sorted(record[part]["id"] for part in kept_mod.PARTS)  # one set, the retry's
+    listed = sorted(k.removeprefix("artifacts:") for k in retry.system_attrs if "artifacts:" in k)
+    assert listed == files  # and the dashboard lists that set on the retry's page
 
 
 def test_keep_false_keeps_nothing_and_keep_weights_caps_the_weights(
