@@ -187,9 +187,14 @@ class Objective:
         kept = Kept(self.checkpoints.store, self.checkpoints.location)
         cap = self.spec.keep_weights
         trial = lease.trial
-        finished = lease.record(
-            "reading the kept trials",
-            lambda: trial.study.get_trials(deepcopy=False, states=FINISHED),
+        # The cap ranks this trial among the finished ones: one more read, only with a cap.
+        finished = (
+            lease.record(
+                "reading the kept trials",
+                lambda: trial.study.get_trials(deepcopy=False, states=FINISHED),
+            )
+            if cap > 0
+            else []
         )
         outputs = "logits" if built.cfg.loss == "cross_entropy" else "scores"
         outcome = Outcome(
