@@ -69,6 +69,13 @@ def test_every_finished_trial_keeps_weights_and_float16_probabilities(
     stored = {p.name for p in folder.iterdir()} - {p.name for p in folder.glob("ckpt-*")}
     ids = {k[part]["id"] for t in finished if (k := kept_mod.of(t)) for part in kept_mod.PARTS}
     assert stored == ids  # three files a trial, nothing else
+    # What optuna-dashboard lists on a trial's page: its three files, by name.
+    storage = storage_mod.open_storage(url)
+    listed = optuna.artifacts.get_all_artifact_meta(finished[0], storage=storage)
+    assert sorted(a.filename for a in listed) == [
+        f"trial{finished[0].number}-{n}"
+        for n in ("test-probs.npy", "val-probs.npy", "weights.safetensors")
+    ]
 
 
 def test_export_copies_the_kept_weights_and_scores_the_recorded_validation_exactly(
