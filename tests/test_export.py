@@ -164,7 +164,8 @@ def test_predict_cli_on_pngs(
     assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"model: trial {exported.meta['trial']} of finished")
-    got = [int(line.split(": ")[1].split()[0]) for line in lines[1:]]
+    assert lines[-1].startswith("latency: ") and "ms per image (7 image(s)" in lines[-1]
+    got = [int(line.split(": ")[1].split()[0]) for line in lines[1:-1]]
     assert got == [*expected, expected[0]]  # RGB is converted to the same grayscale digit
     assert "%)" in lines[1] and "warning" not in r.stderr
 

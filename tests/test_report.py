@@ -39,7 +39,9 @@ def test_report_has_every_section_and_plot(page: str) -> None:
         "Validation accuracy per epoch (intermediate values)",
         "Parameter importances",
         "Accuracy and model size",
+        "Ensemble",  # a note: its trials kept probabilities, no ensemble is recorded yet
     ]
+    assert "`mnist-hpo ensemble finished` combines them" in page
     assert page.count('class="plotly-graph-div"') == 4
 
 

@@ -11,6 +11,9 @@ each call):
     study.trials()                                 # a DataFrame (pandas) or a list of Trial
     study.plot("history")                          # the report's plotly figures
     study.report("report.html"); study.export_best("best.safetensors")
+    study.ensemble(size=25)                        # Caruana's selection over the kept trials
+    study.export_best("ens.safetensors", ensemble=True)
+    mnist_hpo.load_model("best.safetensors").predict("digit.png")
 
     mnist_hpo.load_study(name, storage=None)       # a study created before
     mnist_hpo.studies(storage=None)                # the studies in a storage: StudyInfo
@@ -38,8 +41,26 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports on first use
-    from mnist_hpo.api.records import Best, FamilyInfo, Status, StudyInfo, Trial, WorkResult
-    from mnist_hpo.api.studies import Study, create_study, load_study, spec_dict, studies
+    from mnist_hpo.api.model import Model, load_model
+    from mnist_hpo.api.records import (
+        Best,
+        Ensemble,
+        FamilyInfo,
+        Member,
+        Removed,
+        Status,
+        StudyInfo,
+        Trial,
+        WorkResult,
+    )
+    from mnist_hpo.api.studies import (
+        Study,
+        create_study,
+        ensemble,
+        load_study,
+        spec_dict,
+        studies,
+    )
     from mnist_hpo.errors import HpoError, UsageError
 
 # Public name -> the module that holds it.
@@ -48,6 +69,12 @@ _EXPORTS = {
     "load_study": "mnist_hpo.api.studies",
     "studies": "mnist_hpo.api.studies",
     "spec_dict": "mnist_hpo.api.studies",
+    "ensemble": "mnist_hpo.api.studies",
+    "load_model": "mnist_hpo.api.model",
+    "Model": "mnist_hpo.api.model",
+    "Ensemble": "mnist_hpo.api.records",
+    "Member": "mnist_hpo.api.records",
+    "Removed": "mnist_hpo.api.records",
     "Study": "mnist_hpo.api.studies",
     "Best": "mnist_hpo.api.records",
     "FamilyInfo": "mnist_hpo.api.records",
@@ -62,8 +89,12 @@ _EXPORTS = {
 # families/__init__.py, whose module is callable for this).
 __all__ = [
     "Best",
+    "Ensemble",
     "FamilyInfo",
     "HpoError",
+    "Member",
+    "Model",
+    "Removed",
     "Status",
     "Study",
     "StudyInfo",
@@ -72,7 +103,9 @@ __all__ = [
     "WorkResult",
     "__version__",
     "create_study",
+    "ensemble",
     "families",
+    "load_model",
     "load_study",
     "spec_dict",
     "studies",

@@ -146,3 +146,57 @@ def best_of(record: Mapping[str, Any]) -> Best:
         epochs=record["epochs"],
         record=dict(record),
     )
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What `Study.delete` removed from the artifact store, besides the study itself."""
+
+    checkpoints: int  # checkpoint files unfinished trials left
+    kept: int  # weights and probabilities files finished trials kept
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trial of an ensemble: its study and number, its weight (picks / size) and its own
+    accuracies."""
+
+    study: str
+    trial: int
+    weight: float
+    validation_accuracy: float
+    test_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """What `Study.ensemble` chose, on validation only, and its test accuracy measured once
+    after the choice, beside the best single trial's; `record` is the stored dict (what
+    `mnist-hpo ensemble --json` prints)."""
+
+    studies: list[str]
+    members: list[Member]
+    size: int  # picks of the greedy selection
+    candidates: int  # kept trials it chose from
+    validation_accuracy: float
+    test_accuracy: float
+    best_single: dict[str, Any]  # the best single trial by validation: study, trial, accuracies
+    record: dict[str, Any]
+
+
+def ensemble_of(record: Mapping[str, Any]) -> Ensemble:
+    """An Ensemble from outputs.ensemble.record's dict."""
+    members = [
+        Member(m["study"], m["trial"], m["weight"], m["val_accuracy"], m.get("test_accuracy"))
+        for m in record["members"]
+    ]
+    return Ensemble(
+        studies=list(record["studies"]),
+        members=members,
+        size=record["size"],
+        candidates=record["candidates"],
+        validation_accuracy=record["val_accuracy"],
+        test_accuracy=record["test_accuracy"],
+        best_single=dict(record.get("best_single") or {}),
+        record=dict(record),
+    )

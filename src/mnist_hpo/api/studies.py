@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_hpo.api import records
-from mnist_hpo.api.records import Best, FamilyInfo, Status, StudyInfo, Trial, WorkResult
+from mnist_hpo.api.records import (
+    Best,
+    Ensemble,
+    FamilyInfo,
+    Removed,
+    Status,
+    StudyInfo,
+    Trial,
+    WorkResult,
+)
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.settings import Settings, default_artifacts, default_storage_url
 
@@ -214,6 +223,35 @@ def families() -> list[FamilyInfo]:
     return found
 
 
+def ensemble(
+    names: Sequence[str],
+    *,
+    storage: str | None = None,
+    size: int = 25,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    cache: str | Path | None = None,
+    download: bool = True,
+    artifacts: str | None = None,
+) -> Ensemble:
+    """`mnist-hpo ensemble NAME...`: an ensemble of the named studies' kept trials (see
+    Study.ensemble), recorded on the first study."""
+    from mnist_hpo.outputs import ensemble as ensemble_mod
+
+    with storage_calls("building the ensemble"):
+        chosen = ensemble_mod.run(
+            storage or defaults().storage,
+            list(names),
+            artifacts or defaults().artifacts,
+            size=size,
+            seed=seed,
+            data_dir=_path(data_dir) or defaults().data_dir,
+            cache_dir=_path(cache),
+            download=download,
+        )
+    return records.ensemble_of(chosen)
+
+
 class Study:
     """A study with its spec, in a storage: run it, read it, plot it, export its best model.
 
@@ -261,8 +299,11 @@ class Study:
 
     def _best(self, t: optuna.trial.FrozenTrial) -> Best:
         from mnist_hpo.search import study as study_mod
+        from mnist_hpo.search.kept import recorded_ensemble
 
-        return records.best_of(study_mod.best_record(self.optuna, self.spec, t))
+        record = study_mod.best_record(self.optuna, self.spec, t)
+        record["ensemble"] = recorded_ensemble(self.optuna)  # what `ensemble` recorded, or None
+        return records.best_of(record)
 
     def front(self) -> list[Best]:
         """The best trial, or a multi-objective study's Pareto front (by validation accuracy);
@@ -329,15 +370,35 @@ class Study:
         path: str | Path | None = None,
         *,
         trial: int | None = None,
+        ensemble: bool = False,
         device: str | None = None,
+        threads: int | None = None,
         data_dir: str | Path | None = None,
         cache: str | Path | None = None,
         download: bool = True,
+        artifacts: str | None = None,
+        message: Callable[[str], None] | None = None,
     ) -> Exported:
-        """Save the best trial's model (or `trial`'s) as a safetensors file for `predict`,
-        as `mnist-hpo export-best` does; returns what was written (path, meta)."""
+        """Save the best trial's model (or `trial`'s; or with `ensemble=True` the ensemble
+        `Study.ensemble` recorded) as a safetensors file for `predict`, as `mnist-hpo
+        export-best` does: kept weights are copied and checked against the recorded validation
+        accuracy; a trial that kept none is retrained with the worker's threads and precision
+        (`message` hears its progress). Returns what was written (path, meta)."""
         from mnist_hpo.outputs import export
 
+        where = artifacts or defaults().artifacts
+        data = _path(data_dir) or defaults().data_dir
+        if ensemble:
+            with storage_calls("exporting the ensemble"):
+                return export.export_ensemble(
+                    self.url,
+                    self.name,
+                    Path(path or f"{self.name}-ensemble.safetensors"),
+                    artifacts=where,
+                    data_dir=data,
+                    cache_dir=_path(cache),
+                    download=download,
+                )
         default = f"{self.name}-best" if trial is None else f"{self.name}-trial{trial}"
         with storage_calls("exporting the model"):
             return export.export_best(
@@ -345,22 +406,56 @@ class Study:
                 self.name,
                 Path(path or f"{default}.safetensors"),
                 trial_number=trial,
-                data_dir=_path(data_dir) or defaults().data_dir,
+                data_dir=data,
                 cache_dir=_path(cache),
                 download=download,
                 device=device,
+                artifacts=where,
+                threads=threads,
+                message=message or (lambda _: None),
             )
 
-    def delete(self, *, artifacts: str | None = None) -> int:
-        """Delete the study, its trials and the checkpoints they left; returns how many
-        checkpoint files were removed."""
+    def ensemble(
+        self,
+        *others: Study | str,
+        size: int = 25,
+        seed: int = 0,
+        data_dir: str | Path | None = None,
+        cache: str | Path | None = None,
+        download: bool = True,
+        artifacts: str | None = None,
+    ) -> Ensemble:
+        """Greedy ensemble selection (Caruana et al., with replacement) over the kept trials of
+        this study and `others` (same storage, dataset and validation split), on validation
+        only; the test accuracy is measured once, after. Recorded on this study, as `mnist-hpo
+        ensemble` does (status, best, report, `export_best(ensemble=True)`)."""
+        names = [self.name, *(o.name if isinstance(o, Study) else o for o in others)]
+        return ensemble(
+            names,
+            storage=self.url,
+            size=size,
+            seed=seed,
+            data_dir=data_dir,
+            cache=cache,
+            download=download,
+            artifacts=artifacts,
+        )
+
+    def delete(self, *, artifacts: str | None = None) -> Removed:
+        """Delete the study, its trials, the checkpoints they left and what they kept; returns
+        how many files of each were removed."""
         from mnist_hpo.search import study as study_mod
         from mnist_hpo.search.checkpoints import Checkpoints
+        from mnist_hpo.search.kept import Kept
 
-        checkpoints = Checkpoints.at(artifacts or defaults().artifacts)
+        location = artifacts or defaults().artifacts
+        checkpoints = Checkpoints.at(location)
         with storage_calls("deleting the study"):
             trials = study_mod.delete(_open(self.url), self.name)
-        return checkpoints.remove_trials(trials, self.spec.epochs)
+        return Removed(
+            checkpoints=checkpoints.remove_trials(trials, self.spec.epochs),
+            kept=Kept(checkpoints.store, location).remove_trials(trials),
+        )
 
     def work(
         self,

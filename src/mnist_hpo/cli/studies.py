@@ -148,6 +148,10 @@ def print_status(url: str, name: str) -> None:
     typer.echo(f"trials: {p.spent}/{p.budget} of the budget used; {states}")
     for line in _status_extras(spec, summary):
         typer.echo(line)
+    from mnist_hpo.search.kept import status_line as kept_line
+
+    if ensemble_line := kept_line(study):
+        typer.echo(ensemble_line)
     for t, reason in summary.given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried
         typer.echo(f"given up: trial {t.number}: {reason}")
     if len(summary.given_up) > MAX_GIVEN_UP_SHOWN:
@@ -363,8 +367,12 @@ def delete_study(
         raise UsageError("not deleted")
     removed = found.delete(artifacts=location)
     typer.echo(f"deleted study {study!r} from {redact(url)}")
-    if removed:
-        typer.echo(f"removed {removed} checkpoint file(s) of unfinished trials from {location}")
+    if removed.checkpoints:
+        typer.echo(
+            f"removed {removed.checkpoints} checkpoint file(s) of unfinished trials from {location}"
+        )
+    if removed.kept:
+        typer.echo(f"removed {removed.kept} kept weights and probabilities file(s) from {location}")
 
 
 @app.command()

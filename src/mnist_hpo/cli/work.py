@@ -86,6 +86,15 @@ def work(
     ] = False,
     log_format: LogFormatOpt = "auto",
     artifacts: ArtifactsOpt = None,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            envvar="MNIST_HPO_KEEP",
+            help="Keep each finished trial's weights and validation/test probabilities in the "
+            "artifact store (export copies them; `ensemble` combines them). The spec's `keep` "
+            "and `keep_weights` also apply.",
+        ),
+    ] = True,
     heartbeat: HeartbeatOpt = DEFAULTS.heartbeat,
     grace: GraceOpt = DEFAULTS.grace,
     storage_wait: StorageWaitOpt = DEFAULTS.storage_wait,
@@ -149,6 +158,7 @@ def work(
         download=download,
         wait=wait,
         artifacts=artifacts or default_artifacts(),
+        keep=keep,
     )
     if ray is not None and jobs != 1:
         raise UsageError("--ray places --workers N workers on the cluster; leave --jobs out")

@@ -63,6 +63,7 @@ class WorkOptions:
     download: bool = True  # allow downloading the data into the cache
     wait: bool = True  # when the budget is spent, wait for trials still running elsewhere
     artifacts: str | None = None  # checkpoint location (folder or s3://BUCKET); None = default
+    keep: bool = True  # keep finished trials' weights and probabilities (search/kept.py)
 
 
 @dataclass
@@ -205,7 +206,7 @@ def open_session(
         done=study_mod.stop_rule(spec),
     )
     checkpoints = Checkpoints.at(options.artifacts or default_artifacts())
-    objective = Objective(spec, split, checkpoints, listener, options.precision)
+    objective = Objective(spec, split, checkpoints, listener, options.precision, options.keep)
     return Session(study, spec, trials, objective, options, stop, listener)
 
 

@@ -1,9 +1,14 @@
-"""Best-model export: retrain (or take the final weights of) a trial and write its model file.
+"""Best-model export: copy (or retrain) a trial's weights and write its model file; or write
+the study's recorded ensemble as one file.
 
-Weights come from a saved final checkpoint when the caller has one, else from retraining the
-trial: its recorded parameters and seed through build.build_trial, the objective's own code
-path. On CPU that reproduces the trial's weights exactly (tests/test_export.py); another device
-or thread count may round differently, so the file records both accuracies.
+Weights come from the trial's kept weights (search/kept.py: every finished trial keeps them
+unless the spec capped them), copied in seconds and checked on export: the copy must score
+exactly the validation accuracy the trial recorded. A trial without kept weights (a study from
+before keeping, or past the `keep_weights` cap) is retrained: its recorded parameters and seed
+through build.build_trial, the objective's own code path, with the worker's thread count and
+precision as the trial recorded them. On CPU that reproduces the trial's weights exactly
+(tests/test_export.py); another device may round differently, so the file records both
+accuracies.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from mnist_hpo.ml.device import resolve_device
 from mnist_hpo.ml.space import Fixed
 from mnist_hpo.ml.train import EpochEnd, accuracy, train
 from mnist_hpo.outputs import model_file
+from mnist_hpo.resilience.artifacts import open_store
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import build_trial, trial_seed
+from mnist_hpo.search.kept import Kept, recorded_ensemble
 from mnist_hpo.search.spec import StudySpec
 
 Message = Callable[[str], None]
@@ -73,6 +80,26 @@ def retrain(
     return built.model
 
 
+def _retrain(
+    spec: StudySpec, trial: FrozenTrial, split: Data, threads: int | None, message: Message
+) -> tuple[nn.Module, str]:
+    """Retrain a trial without kept weights with its worker's threads and precision (another
+    thread count sums in another order: 2 threads did not reproduce a 1-thread deep_mlp)."""
+    recorded = trial.user_attrs.get("threads")
+    how = "--threads" if threads else "as its worker did" if recorded else "torch's default"
+    count = threads or recorded
+    if count:
+        torch.set_num_threads(int(count))
+    precision = trial.user_attrs.get("precision", "fp32")
+    message(
+        f"trial {trial.number} kept no weights (a study from before keeping, or past its "
+        f"keep_weights cap): retraining it with {torch.get_num_threads()} thread(s) ({how}) "
+        f"in {precision}"
+    )
+    model = retrain(spec, trial, split, message)
+    return model, f"retrained on {split.device} from the trial's recorded params and seed"
+
+
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """The best completed trial by validation accuracy, or trial `number` if it completed."""
     name = study.study_name
@@ -108,13 +135,17 @@ def export_best(
     download: bool = True,
     device: str | None = None,
     weights: Mapping[str, torch.Tensor] | None = None,
+    artifacts: str | None = None,
+    threads: int | None = None,
     message: Message = _ignore,
 ) -> Exported:
     """Export the study's best trial (or `trial_number`) to `out`.
 
-    `weights` is the trial's final state_dict when a checkpoint of it exists; without it the
-    trial is retrained. `device` defaults to the device the trial recorded (the faithful
-    reproduction); the data must be the data the study ran on.
+    `weights` is the trial's final state_dict when the caller has it; else the trial's kept
+    weights in the artifact store at `artifacts` are copied; without either the trial is
+    retrained with `threads` (default: the worker's, as the trial recorded it). `device`
+    defaults to the device the trial recorded (the faithful reproduction); the data must be the
+    data the study ran on.
     """
     study, spec = study_mod.load(open_storage(storage_url, must_exist=True), study_name)
     study_mod.check_family(study, spec)  # the trial is rebuilt (retrained) with this code
@@ -127,11 +158,13 @@ def export_best(
     split = data_mod.split(
         raw, validation_size=spec.validation_size, train_size=spec.train_size, device=run_on
     )
+    source = "the trial's final checkpoint"
+    if weights is None and artifacts is not None:
+        weights = Kept(open_store(artifacts), artifacts).weights(trial)
+        source = "the trial's kept weights (copied, not retrained)"
     if weights is None:
-        source = f"retrained on {run_on} from the trial's recorded params and seed"
-        model = retrain(spec, trial, split, message)
+        model, source = _retrain(spec, trial, split, threads, message)
     else:
-        source = "the trial's final checkpoint"
         model = model_file.rebuild(spec, trial.params, run_on)
         model.load_state_dict(dict(weights))
     meta = _meta(spec, study, trial, raw, split, model, source)
@@ -181,3 +214,106 @@ def _meta(
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": study_mod.versions(),
     }
+
+
+def export_ensemble(
+    storage_url: str,
+    study_name: str,
+    out: Path,
+    *,
+    artifacts: str,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    download: bool = True,
+    message: Message = _ignore,
+) -> Exported:
+    """Write the ensemble recorded on the study (`mnist-hpo ensemble`) as one model file: every
+    member's kept weights, its weight and its own normalisation (model_file.Ensemble)."""
+    storage = open_storage(storage_url, must_exist=True)
+    study, spec = study_mod.load(storage, study_name)
+    chosen = recorded_ensemble(study)
+    if chosen is None:
+        raise HpoError(
+            f"study {study_name!r} has no ensemble recorded; run `mnist-hpo ensemble "
+            f"{study_name}` first"
+        )
+    raw = data_mod.load(
+        spec.dataset, data_dir, cache_dir=cache_dir, download=download, message=message
+    )
+    study_mod.check_data(study, raw, record=False)
+    kept = Kept(open_store(artifacts), artifacts)
+    members, info = [], []
+    for m in chosen["members"]:
+        model, record = _member(storage, kept, raw, m)
+        members.append(model)
+        info.append(record)
+    ens = model_file.Ensemble(members, info).eval()
+    val_x, val_y, test_x, test_y = _pixels(raw, spec.validation_size)
+    meta = {
+        "format": model_file.FORMAT,
+        "format_version": model_file.FORMAT_VERSION,
+        "kind": "ensemble",
+        "family": "ensemble",
+        "members": info,
+        "normalisation": {"mean": 0.0, "std": 1.0},  # each member normalises for itself
+        "input": "28x28 grayscale, white digit on black; pixels/255",
+        "outputs": "logits",  # log of the weighted mean probabilities
+        "study": study.study_name,
+        "trial": None,
+        "validation_accuracy": accuracy(ens, val_x, val_y),
+        "test_accuracy": accuracy(ens, test_x, test_y),
+        "recorded": {k: chosen[k] for k in ("studies", "size", "val_accuracy", "test_accuracy")},
+        "n_params": sum(p.numel() for p in ens.parameters()),
+        "data": {"fingerprint": raw.fingerprint, "source": raw.source},
+        "exported_by": f"mnist-hpo {__version__}",
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": study_mod.versions(),
+    }
+    model_file.save(out, ens, meta)
+    return Exported(out, meta)
+
+
+def _member(
+    storage: Any, kept: Kept, raw: data_mod.RawData, m: Mapping[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """One ensemble member rebuilt from its kept weights, and what the file records of it."""
+    study, spec = study_mod.load(storage, m["study"])
+    study_mod.check_family(study, spec)
+    trial = study.get_trials(deepcopy=False)[int(m["trial"])]
+    weights = kept.weights(trial)
+    if weights is None:
+        raise HpoError(
+            f"trial {trial.number} of {m['study']!r}, an ensemble member, kept no weights (its "
+            f"spec's keep_weights = {spec.keep_weights}); rerun `mnist-hpo ensemble` after "
+            "raising the cap, or export single trials"
+        )
+    model = model_file.rebuild(spec, trial.params, torch.device("cpu"))
+    model.load_state_dict(dict(weights))
+    mean, std = data_mod.normalisation(
+        raw, validation_size=spec.validation_size, train_size=spec.train_size
+    )
+    cfg = build_trial(spec, Fixed(trial.params), 0, torch.device("cpu")).cfg
+    return model, {
+        "study": m["study"],
+        "trial": trial.number,
+        "weight": float(m["weight"]),
+        "family": spec.family,
+        "family_origin": spec.family_def.origin.to_dict(),
+        "params": dict(trial.params),
+        "spec": spec.to_dict(),
+        "normalisation": {"mean": mean, "std": std},
+        "outputs": "logits" if cfg.loss == "cross_entropy" else "scores",
+    }
+
+
+def _pixels(
+    raw: data_mod.RawData, validation_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validation and test images as pixels in [0, 1] (N, 1, 28, 28), with their labels."""
+    n_fit = len(raw.train_images) - validation_size
+    return (
+        data_mod.pixels(raw.train_images[n_fit:]).unsqueeze(1),
+        raw.train_labels[n_fit:],
+        data_mod.pixels(raw.test_images).unsqueeze(1),
+        raw.test_labels,
+    )

@@ -12,7 +12,7 @@ accuracies. This module imports neither Optuna nor SQLAlchemy: `predict` starts 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from torch import nn
 
 from mnist_hpo.errors import HpoError, UsageError
 from mnist_hpo.families.registry import UnknownFamily
+from mnist_hpo.ml.predictions import to_probabilities
 from mnist_hpo.ml.space import Fixed
 from mnist_hpo.search import family_origin
 from mnist_hpo.search.build import build_trial
@@ -66,6 +67,28 @@ def save(path: Path, model: nn.Module, meta: Mapping[str, Any]) -> None:
         raise HpoError(f"cannot write {path} ({e}); pick a writable --output path") from None
 
 
+class Ensemble(nn.Module):
+    """Members averaged on probabilities with their weights; takes pixels in [0, 1] (N, 1, 28,
+    28) because each member applies its own study's normalisation, and returns the log of the
+    weighted mean probabilities (so softmax gives them back: `outputs` is 'logits')."""
+
+    def __init__(self, members: list[nn.Module], info: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.weights = [float(i["weight"]) for i in info]
+        self.norms = [
+            (float(i["normalisation"]["mean"]), float(i["normalisation"]["std"])) for i in info
+        ]
+        self.kinds = [str(i["outputs"]) for i in info]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = zip(self.members, self.weights, self.norms, self.kinds, strict=True)
+        total = torch.zeros(())
+        for m, w, (mean, std), kind in parts:
+            total = total + w * to_probabilities(m((x - mean) / std), kind)
+        return torch.log(total.clamp_min(1e-12) / sum(self.weights))
+
+
 def rebuild(spec: StudySpec, params: Mapping[str, Any], device: torch.device) -> nn.Module:
     """A trial's architecture from its recorded parameters (untrained)."""
     return build_trial(spec, Fixed(params), seed=0, device=device).model
@@ -77,9 +100,12 @@ def load_model(path: Path) -> LoadedModel:
         raise UsageError(f"model file {path} does not exist; give the path export-best wrote")
     meta, tensors = _read(path)
     try:
-        spec = StudySpec.from_dict(meta["spec"], source=f"the spec stored in {path}")
-        family_origin.check(f"model file {path}", spec.family_def, family_origin.recorded(meta))
-        model = rebuild(spec, meta["params"], torch.device("cpu"))
+        if meta.get("kind") == "ensemble":
+            model: nn.Module = Ensemble(
+                [_member(path, m) for m in meta["members"]], meta["members"]
+            )
+        else:
+            model = _member(path, meta)
         model.load_state_dict(tensors, strict=True)
         for key in ("mean", "std"):
             float(meta["normalisation"][key])
@@ -93,6 +119,13 @@ def load_model(path: Path) -> LoadedModel:
         raise _invalid(path, f"{type(e).__name__}: {reason[:REASON_CHARS]}") from None
     model.eval()
     return LoadedModel(model, meta)
+
+
+def _member(path: Path, meta: Mapping[str, Any]) -> nn.Module:
+    """One model's architecture, from the spec and params a file records for it."""
+    spec = StudySpec.from_dict(meta["spec"], source=f"the spec stored in {path}")
+    family_origin.check(f"model file {path}", spec.family_def, family_origin.recorded(meta))
+    return rebuild(spec, meta["params"], torch.device("cpu"))
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.nn import functional as F
 
 from mnist_hpo.errors import UsageError
 from mnist_hpo.ml import data as data_mod
+from mnist_hpo.ml.predictions import to_probabilities
 from mnist_hpo.ml.train import EVAL_BATCH
 from mnist_hpo.outputs.model_file import LoadedModel
 
@@ -95,13 +95,7 @@ def classify(
     x = ((data_mod.pixels(images) - loaded.mean) / loaded.std).unsqueeze(1)
     with torch.inference_mode():
         out = torch.cat([loaded.model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
-    if loaded.outputs == "logits":
-        probs = F.softmax(out, dim=1)
-    else:
-        # MSE onto one-hot targets estimates each class's probability directly (the squared-error
-        # minimiser is the conditional mean of the one-hot vector); clip and renormalise.
-        probs = out.clamp(0, 1)
-        probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    probs = to_probabilities(out, loaded.outputs)  # softmax, or MSE scores clipped: see there
     digit = out.argmax(dim=1)
     conf = probs.gather(1, digit.unsqueeze(1)).squeeze(1)
     return [

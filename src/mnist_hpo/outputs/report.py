@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import family_origin
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.budget import uses_budget
+from mnist_hpo.search.kept import of as kept_of
+from mnist_hpo.search.kept import recorded_ensemble
 from mnist_hpo.search.spec import StudySpec
 
 TOP = 10  # trials in the table by default
@@ -99,6 +101,7 @@ def render(study: optuna.Study, spec: StudySpec, *, top: int = TOP) -> str:
     sections.append(_importances(study, len(complete)))
     if complete:
         sections.append(_figure("Accuracy and model size", _size_figure(complete), _SIZE_NOTE))
+    sections.append(_ensemble(study, finished))
     body = "\n".join(sections)
     return _PAGE.format(
         title=html.escape(f"mnist-hpo report: {name}"),
@@ -337,6 +340,73 @@ def _size_figure(complete: Sequence[FrozenTrial]) -> Any:
         title="Accuracy vs parameter count",
     )
     return fig
+
+
+def _ensemble(study: optuna.Study, finished: Sequence[FrozenTrial]) -> str:
+    """The ensemble `mnist-hpo ensemble` recorded: accuracy against ensemble size, and its
+    members; without one, how many trials kept what an ensemble needs."""
+    chosen = recorded_ensemble(study)
+    name = study.study_name
+    if chosen is None:
+        n = sum(kept_of(t) is not None for t in finished)
+        if not n:
+            return ""
+        return _note(
+            "Ensemble",
+            f"{n} of {len(finished)} finished trials kept their weights and probabilities; "
+            f"`mnist-hpo ensemble {name}` combines them (docs/ensembles.md).",
+        )
+    return _figure("Ensemble", _ensemble_figure(chosen), _ensemble_note(chosen)) + (
+        _members_table(chosen)
+    )
+
+
+def _ensemble_note(e: Mapping[str, Any]) -> str:
+    single = (e.get("best_single") or {}).get("test_accuracy")
+    return (
+        f"Greedy ensemble selection with replacement over {e['candidates']} kept trials of "
+        f"{', '.join(e['studies'])}, chosen on validation only; {len(e['members'])} distinct "
+        f"trials in {e['size']} picks. Validation {_pct(e['val_accuracy'])}, test "
+        f"{_pct(e['test_accuracy'])} against {_pct(single)} for the best single trial by "
+        "validation. The test line is measured after the selection along its picks: it shows, "
+        "never steers, what each added pick did."
+    )
+
+
+def _ensemble_figure(e: Mapping[str, Any]) -> Any:
+    import plotly.graph_objects as go
+
+    val, test = e["trajectory"]["val"], e["trajectory"]["test"]
+    sizes = list(range(1, len(val) + 1))
+    fig = go.Figure()
+    fig.add_scatter(x=sizes, y=val, mode="lines+markers", name="validation")
+    fig.add_scatter(x=sizes, y=test, mode="lines+markers", name="test", marker_symbol="x")
+    fig.update_layout(
+        xaxis={"title": "ensemble size (picks)"},
+        yaxis={"title": "accuracy", "tickformat": ".2%", "range": accuracy_range(val + test)},
+        title="Ensemble accuracy against its size",
+    )
+    return fig
+
+
+def _members_table(e: Mapping[str, Any]) -> str:
+    head = "<tr><th>study</th><th>trial</th><th>weight</th><th>validation</th><th>test</th></tr>"
+    rows = [
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(c)}</td>"
+            for c in (
+                str(m["study"]),
+                str(m["trial"]),
+                f"{m['weight']:.2f}",
+                _pct(m.get("val_accuracy")),
+                _pct(m.get("test_accuracy")),
+            )
+        )
+        + "</tr>"
+        for m in e["members"]
+    ]
+    return f"<section><table class='trials'>{head}{''.join(rows)}</table></section>"
 
 
 def _figure(title: str, fig: Any, caption: str) -> str:

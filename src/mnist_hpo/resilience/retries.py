@@ -21,6 +21,10 @@ STOPS_ATTR = "mnist_hpo_stops"  # trial system attr: retries in its chain that w
 # state for "handed back", so the trial is FAIL; this attr is what optuna-dashboard shows beside
 # it and what tells it apart from a trial that failed (search/progress.py counts by it).
 HANDED_BACK = "handed_back"
+# Optuna's upload_artifact lists a trial's artifacts in system attrs under this prefix (checked
+# against 5.1): a retry does not list its predecessor's kept set, which it removes on keeping
+# its own (search/kept.py), so the dashboard shows one set per trial.
+ARTIFACTS_PREFIX = "artifacts:"
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, stopped: bool) -> bool:
@@ -30,7 +34,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, stopped: bool) -> bool:
         return False
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     system_attrs = {
-        **trial.system_attrs,
+        **{k: v for k, v in trial.system_attrs.items() if not k.startswith(ARTIFACTS_PREFIX)},
         "failed_trial": history[0],
         "retry_history": history,
         STOPS_ATTR: int(trial.system_attrs.get(STOPS_ATTR, 0)) + int(stopped),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial
 
 from mnist_hpo.errors import ControlFlow, HpoError, Infeasible, TakenOver, TrialFailed
@@ -21,6 +22,7 @@ from mnist_hpo.events import EpochDone, Listener, Note, TrialStarted
 from mnist_hpo.ml import latency
 from mnist_hpo.ml.data import Data
 from mnist_hpo.ml.device import pick_precision
+from mnist_hpo.ml.predictions import probabilities
 from mnist_hpo.ml.train import EpochEnd, TrainResult, accuracy, train
 from mnist_hpo.resilience.environment import environment_fault
 from mnist_hpo.resilience.retries import original_number
@@ -28,6 +30,8 @@ from mnist_hpo.resilience.trials import Lease
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import Built, build_trial, trial_seed
 from mnist_hpo.search.checkpoints import Checkpoints, Pointer, Resume, new_key
+from mnist_hpo.search.kept import FINISHED, Kept, Outcome, wants_weights, weights_bytes
+from mnist_hpo.search.kept import of as kept_of
 from mnist_hpo.search.spec import PINS_ATTR, StudySpec
 
 ERROR_CHARS = 300  # of a trial's error message kept in its `error` user attr
@@ -40,6 +44,7 @@ class Objective:
     checkpoints: Checkpoints
     listener: Listener
     precision: str = "auto"  # auto, fp32 or bf16: device.pick_precision
+    keep: bool = True  # keep weights and probabilities of finished trials (the spec's too)
 
     def run(self, lease: Lease) -> list[float]:
         """Train the lease's trial; returns its objectives' values (validation accuracy after
@@ -70,7 +75,7 @@ class Objective:
             built.model,
             built.cfg,
             self.data,
-            self._epoch_hook(lease, pointer, built.cfg.epochs),
+            self._epoch_hook(lease, pointer, built),
             resume=resume,
             precision=precision,
             on_batch=lease.on_batch,
@@ -99,6 +104,9 @@ class Objective:
             "n_params": n_params,
             "device": str(self.data.device),
             "precision": precision,
+            # export-best retrains a trial without kept weights with these threads: another
+            # count rounds differently (2 vs 1 did not reproduce a deep_mlp trial).
+            "threads": torch.get_num_threads(),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "versions": study_mod.versions(),
             # Epochs this attempt restored instead of training (0: a fresh start).
@@ -115,10 +123,10 @@ class Objective:
         return built, precision, pointer, resume
 
     def _epoch_hook(
-        self, lease: Lease, pointer: Pointer, epochs: int
+        self, lease: Lease, pointer: Pointer, built: Built
     ) -> Callable[[EpochEnd], None]:
         """What happens after each epoch: still ours? checkpoint, report, stop? prune?"""
-        trial = lease.trial
+        trial, epochs = lease.trial, built.cfg.epochs
         reported = set(lease.frozen.intermediate_values)  # a retry inherits the epochs reported
         # A trial of fewer train_epochs than the study's anneals its schedule sooner, so it
         # leads the others at the same epoch (tests/test_train_epochs.py: without this rule
@@ -147,6 +155,7 @@ class Objective:
             lease.after_epoch()
             if judged and lease.record("asking the pruner", lease.should_prune):
                 lease.record("finishing it", lambda: _record_history(trial, state))
+                self._keep(lease, built, e.val_accuracy)
                 raise optuna.TrialPruned(f"pruned after epoch {e.epoch}")
 
         return on_epoch
@@ -166,7 +175,41 @@ class Objective:
             _set_attrs(lease.trial, extra)
 
         lease.record("finishing it", finish)
+        self._keep(lease, built, result.val_accuracy)
         return [measured[o] for o in self.spec.objectives]
+
+    def _keep(self, lease: Lease, built: Built, val_accuracy: float) -> None:
+        """Keep the finished trial's weights (within the spec's keep_weights cap) and its
+        probabilities on validation and test (search/kept.py): 10,000 test images are ~1 s of
+        a cnn on one core, against minutes of training."""
+        if not (self.keep and self.spec.keep):
+            return
+        kept = Kept(self.checkpoints.store, self.checkpoints.location)
+        cap = self.spec.keep_weights
+        trial = lease.trial
+        # The cap ranks this trial among the finished ones: one more read, only with a cap.
+        finished = (
+            lease.record(
+                "reading the kept trials",
+                lambda: trial.study.get_trials(deepcopy=False, states=FINISHED),
+            )
+            if cap > 0
+            else []
+        )
+        outputs = "logits" if built.cfg.loss == "cross_entropy" else "scores"
+        outcome = Outcome(
+            weights=weights_bytes(built.model.state_dict())
+            if wants_weights(finished, val_accuracy, cap)
+            else None,
+            val_probs=probabilities(built.model, self.data.val_x, outputs),
+            test_probs=probabilities(built.model, self.data.test_x, outputs),
+            val_accuracy=val_accuracy,
+            outputs=outputs,
+        )
+        record = lease.record(
+            "keeping its weights and probabilities", lambda: kept.write(trial, outcome)
+        )
+        kept.drop_weights_beyond([*filter(None, map(kept_of, finished)), record], cap)
 
     def _resume(self, lease: Lease) -> tuple[Pointer, dict[str, Any] | None]:
         """This attempt's checkpoint files, and the predecessor's state to resume from, if any."""
@@ -186,8 +229,12 @@ class Objective:
 
     def cleanup(self, trial: FrozenTrial) -> None:
         """Delete the checkpoints of a trial that finished (COMPLETE or PRUNED) or was given
-        up: every attempt's of its retry chain."""
+        up: every attempt's of its retry chain. A given-up trial also drops a set an attempt
+        kept before it died (a finished trial's set stays: it is what the study keeps)."""
         self.checkpoints.remove_chain(trial, self.spec.epochs)
+        record = kept_of(trial)
+        if trial.state not in FINISHED and record is not None:
+            Kept(self.checkpoints.store, self.checkpoints.location).remove_set(record)
 
 
 def _resume_notes(number: int, epoch: int, resume: Resume) -> list[str]:

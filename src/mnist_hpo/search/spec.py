@@ -69,6 +69,13 @@ class StudySpec:
     goal: float | None = None  # every worker stops once a trial reaches this validation accuracy
     patience: int = 0  # every worker stops after this many trials without a new best; 0 = none
     warm_start: list[str] = field(default_factory=list)  # studies (same storage) to learn from
+    # Keep each finished trial's final weights and its validation and test class probabilities
+    # in the artifact store (search/kept.py): export copies instead of retraining, and
+    # `mnist-hpo ensemble` combines them. About 400 KB of probabilities per trial, plus weights.
+    keep: bool = True
+    # Weights only for the best K trials by validation accuracy (0: every trial's); the
+    # probabilities are always kept. docs/ensembles.md has the sizes per family.
+    keep_weights: int = 0
 
     @property
     def multi_objective(self) -> bool:
@@ -294,6 +301,9 @@ class _Checker:
     def goals(self) -> None:
         self._integer("max_params", 0, MAX_PARAMS)
         self._integer("patience", 0, MAX_TRIALS)
+        self._integer("keep_weights", 0, MAX_TRIALS)
+        if not isinstance(self.data.get("keep", True), bool):
+            raise self.fail(f"keep must be true or false, got {self.data['keep']!r}")
         goal = self.data.get("goal")
         if goal is not None and (
             isinstance(goal, bool) or not isinstance(goal, int | float) or not 0 < goal <= 1

@@ -1,0 +1,124 @@
+"""Ensemble selection (Caruana et al., ICML 2004) on validation probabilities: pure numpy.
+
+Greedy forward selection *with replacement*: start from the `n_init` best single models
+(Caruana's sorted initialisation), then add, `size` times in all, whichever model (again or
+for the first time) makes the running average score best; a model's weight is how often it
+was picked over `size`. Picking again is what lets a good model count more without a weight
+search, and what keeps the greedy walk from overfitting as quickly as selection without it.
+
+Score: validation accuracy, the task metric (auto-sklearn optimises its task metric too), with
+the log-loss of the average as the tie-break: on 10,000 validation images accuracy moves in
+steps of 0.01%, so several candidates often tie on it and the log-loss tells the one that makes
+the average more confident on the right class. An exact tie on both (a model picked twice in a
+row against its own copy) is broken by a seeded generator: the same seed, the same ensemble.
+
+This module sees validation arrays only; it takes no test argument at all, so no choice it
+makes can depend on the test split (tests/test_selection.py holds the ensemble core to that).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+N_INIT = 3  # sorted initialisation: Caruana used the best N; 3 of a study's 10-60 trials
+SIZE = 25  # picks in all; auto-sklearn's default ensemble_size is 50 over far more models
+EPS = 1e-7  # probabilities are clipped here before the log (float16 rounds 1e-8 to 0)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The picks in order (indices into the candidates) and the validation score after each."""
+
+    picks: list[int]
+    val_accuracy: list[float]  # of the running average after each pick: the trajectory
+    val_log_loss: list[float]
+
+    @property
+    def weights(self) -> dict[int, float]:
+        """Candidate index -> its share of the picks, in order of first pick."""
+        counts = Counter(self.picks)
+        return {i: counts[i] / len(self.picks) for i in dict.fromkeys(self.picks)}
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def mix(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The weighted average of several models' (N, classes) probabilities, in float32."""
+    total = np.zeros(probs[0].shape, dtype=np.float32)
+    for p, w in zip(probs, weights, strict=True):
+        total += np.float32(w) * p.astype(np.float32)
+    return total / np.float32(sum(weights))
+
+
+def select(
+    val_probs: Sequence[np.ndarray],
+    val_labels: np.ndarray,
+    *,
+    size: int = SIZE,
+    n_init: int = N_INIT,
+    seed: int = 0,
+) -> Selection:
+    """Greedy selection with replacement of `size` picks among the candidates' validation
+    probabilities (each (N, classes)); see the module docstring."""
+    if size < 1 or not val_probs:
+        raise ValueError("ensemble selection needs at least one candidate and size >= 1")
+    stack = np.stack([p.astype(np.float32) for p in val_probs])  # (M, N, C)
+    # A diverged trial kept NaN probabilities: never picked (as zeros it would only dilute).
+    usable = np.asarray(np.isfinite(stack).all(axis=(1, 2)), dtype=bool)
+    stack[~usable] = 0.0
+    if not usable.any():
+        raise ValueError("every candidate's probabilities are NaN or infinite (diverged)")
+    labels = np.asarray(val_labels, dtype=np.int64)
+    rows = np.arange(len(labels))
+    right = stack[:, rows, labels]  # (M, N): each model's probability of the true class
+    correct = (stack.argmax(axis=2) == labels).sum(axis=1)
+    log_loss = -np.log(np.clip(right, EPS, None)).mean(axis=1)
+    order = sorted(range(len(stack)), key=lambda m: (not usable[m], -correct[m], log_loss[m], m))
+    picks = order[: min(n_init, size)]
+    total, total_right = stack[picks].sum(axis=0), right[picks].sum(axis=0)
+    trajectory = [
+        _score(stack[picks[: k + 1]].sum(0), right[picks[: k + 1]].sum(0), k + 1, labels)
+        for k in range(len(picks))
+    ]
+    rng = np.random.default_rng(seed)
+    for k in range(len(picks) + 1, size + 1):
+        hits = np.where(usable, _hits(total, stack, labels), -1)
+        losses = -np.log(np.clip((total_right[None] + right) / k, EPS, None)).mean(axis=1)
+        best = np.flatnonzero(hits == hits.max())
+        best = best[losses[best] == losses[best].min()]
+        m = int(best[0] if len(best) == 1 else rng.choice(best))
+        picks.append(m)
+        total += stack[m]
+        total_right += right[m]
+        trajectory.append((float(hits[m]) / len(labels), float(losses[m])))
+    return Selection(picks, [a for a, _ in trajectory], [ll for _, ll in trajectory])
+
+
+def _hits(total: np.ndarray, stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """How many images each candidate added to the running sum `total` gets right. A model adds
+    at most 1 to any class, so an image whose true class leads (or trails) every other by more
+    than 1 stays right (wrong) whatever is added: only the rest, a few percent of the images
+    once three models are summed, is recomputed per candidate (100 trials, 25 picks: 2.2 s of
+    full argmaxes down to well under 1 s on 2 cores)."""
+    rows = np.arange(len(labels))
+    others = total.copy()
+    others[rows, labels] = -np.inf
+    margin = total[rows, labels] - others.max(axis=1)
+    open_ = np.abs(margin) <= 1.0 + 1e-3  # float16 probabilities may round a little over 1
+    settled = int(np.count_nonzero(margin[~open_] > 0))
+    summed = total[open_][None] + stack[:, open_]
+    hits: np.ndarray = settled + (summed.argmax(axis=2) == labels[open_]).sum(axis=1)
+    return hits
+
+
+def _score(
+    total: np.ndarray, total_right: np.ndarray, k: int, labels: np.ndarray
+) -> tuple[float, float]:
+    acc = float(np.mean(total.argmax(axis=1) == labels))
+    return acc, float(-np.log(np.clip(total_right / k, EPS, None)).mean())

@@ -1,0 +1,111 @@
+"""Ensemble selection: deterministic for a seed, better than its best member when the members
+complement each other, and blind to the test split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_hpo.outputs import ensemble, selection
+
+N, C = 600, 10
+
+
+def _probs(labels: np.ndarray, right: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Probabilities that put 0.6 on the true class where `right`, else on the next class."""
+    target = np.where(right, labels, (labels + 1) % C)
+    p = rng.uniform(0, 0.02, (len(labels), C))
+    p[np.arange(len(labels)), target] += 0.6
+    return (p / p.sum(1, keepdims=True)).astype(np.float16)
+
+
+def _library(seed: int = 0, models: int = 12) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, C, N)
+    return [
+        _probs(labels, rng.random(N) < rng.uniform(0.7, 0.95), rng) for _ in range(models)
+    ], labels
+
+
+def test_the_same_seed_gives_the_same_ensemble() -> None:
+    probs, labels = _library()
+    a = selection.select(probs, labels, size=15, seed=3)
+    b = selection.select(probs, labels, size=15, seed=3)
+    assert a == b
+    assert len(a.picks) == 15 and abs(sum(a.weights.values()) - 1) < 1e-9
+
+
+def test_exact_ties_are_broken_by_the_seed_not_by_chance() -> None:
+    probs, labels = _library(models=1)
+    copies = probs * 4  # four identical models: every step is an exact tie
+    picks = {tuple(selection.select(copies, labels, size=12, seed=s).picks) for s in range(6)}
+    assert len(picks) > 1  # the seed decides...
+    assert selection.select(copies, labels, size=12, seed=1).picks == (
+        selection.select(copies, labels, size=12, seed=1).picks
+    )  # ...and the same seed decides the same way
+
+
+def test_two_weak_complementary_members_beat_one_strong_one() -> None:
+    labels = np.arange(N) % C
+    rng = np.random.default_rng(0)
+    strong = _probs(labels, np.arange(N) % 10 != 0, rng)  # 90% right
+    # Each weak model is right on 75% of the images, wrong on different quarters, and
+    # confident where it is right: together they are right wherever either is (100%).
+    half_a = np.arange(N) % 4 != 0
+    half_b = np.arange(N) % 4 != 1
+    weak_a, weak_b = _probs(labels, half_a, rng), _probs(labels, half_b, rng)
+    weak_a[half_a] = _sharpen(weak_a[half_a])
+    weak_b[half_b] = _sharpen(weak_b[half_b])
+    chosen = selection.select([strong, weak_a, weak_b], labels, size=6, n_init=1)
+    assert chosen.val_accuracy[0] == selection.accuracy(strong, labels) == 0.9
+    assert chosen.val_accuracy[-1] > 0.9
+    assert {1, 2} <= set(chosen.weights)
+
+
+def _sharpen(p: np.ndarray) -> np.ndarray:
+    out = np.full_like(p, 0.001)
+    out[np.arange(len(p)), p.argmax(1)] = 0.991
+    return out
+
+
+def test_selection_never_reads_the_test_split() -> None:
+    probs, labels = _library()
+    rng = np.random.default_rng(9)
+    real_test = [_probs(labels, rng.random(N) < 0.9, rng) for _ in probs]
+    garbage = [rng.random((N, C)).astype(np.float16) for _ in probs]
+    asked: list[int] = []
+
+    def reader(arrays: list[np.ndarray]):  # type: ignore[no-untyped-def]
+        def read(i: int) -> np.ndarray:
+            asked.append(i)
+            return arrays[i]
+
+        return read
+
+    a = ensemble.choose(probs, labels, reader(real_test), labels, size=10)
+    b = ensemble.choose(probs, labels, reader(garbage), np.zeros(N, dtype=int), size=10)
+    assert a.picks == b.picks and a.weights == b.weights and a.val_by_size == b.val_by_size
+    assert a.test_by_size != b.test_by_size  # the test arrays were read, after choosing
+    assert set(asked) == set(a.picks)  # and only the members'
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_size_below_one_is_refused(size: int) -> None:
+    probs, labels = _library(models=2)
+    with pytest.raises(ValueError, match="size >= 1"):
+        selection.select(probs, labels, size=size)
+
+
+def test_the_shortcut_counts_what_a_full_argmax_counts() -> None:
+    probs, labels = _library(seed=4)
+    stack = np.stack([p.astype(np.float32) for p in probs])
+    total = stack[:3].sum(axis=0)
+    full = ((total[None] + stack).argmax(axis=2) == labels).sum(axis=1)
+    assert (selection._hits(total, stack, labels) == full).all()
+
+
+def test_a_diverged_trial_is_never_picked_and_breaks_nothing() -> None:
+    probs, labels = _library(models=4)
+    nan = np.full_like(probs[0], np.nan)
+    chosen = selection.select([nan, *probs], labels, size=10)
+    assert 0 not in chosen.picks and not np.isnan(chosen.val_log_loss).any()
