@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import mnist_hpo
@@ -133,13 +134,33 @@ def test_create_work_trials_best_plot_report_export_delete(
     with pytest.raises(UsageError, match="no plot named"):
         study.plot("pie")
     assert study.report(tmp_path / "r.html").stat().st_size > 100_000
-    exported = study.export_best(tmp_path / "best.safetensors", data_dir=mnist_dir)
+    art = str(tmp_path / "art")
+    exported = study.export_best(tmp_path / "best.safetensors", data_dir=mnist_dir, artifacts=art)
     assert exported.path.exists() and exported.meta["trial"] == best.number
+    assert exported.reproduced and "copied" in exported.meta["weights_from"]  # kept: no retrain
+    chosen = study.ensemble(size=6, data_dir=mnist_dir, artifacts=art)
+    assert sum(m.weight for m in chosen.members) == pytest.approx(1.0)
+    assert chosen.validation_accuracy >= best.validation_accuracy  # starts from the best trial
+    assert study.best.record["ensemble"]["members"] == chosen.record["members"]  # recorded
+    ens = study.export_best(
+        tmp_path / "ens.safetensors", ensemble=True, data_dir=mnist_dir, artifacts=art
+    )
+    model = mnist_hpo.load_model(ens.path)
+    assert model.is_ensemble and model.members == len(chosen.members)
+    single = mnist_hpo.load_model(exported.path)
+    digits = np.zeros((3, 28, 28), dtype=np.uint8)
+    digits[:, 6:22, 13:15] = 255
+    assert [p.name for p in single.predict(digits)] == ["[0]", "[1]", "[2]"]
+    with pytest.raises(UsageError, match=r"\(N, 28, 28\)"):
+        single.predict(np.zeros((2, 32, 32), dtype=np.uint8))
+    with pytest.raises(UsageError, match="size must be at least 1"):
+        study.ensemble(size=0, data_dir=mnist_dir, artifacts=art)
     info = {s.name: s for s in mnist_hpo.studies(storage_url)}["grid"]
     assert (info.spent, info.budget, info.best_validation) == (4, 4, best.validation_accuracy)
     again = mnist_hpo.load_study("grid", storage=storage_url, read_only=True)
     assert again.status().best == best
-    study.delete(artifacts=str(tmp_path / "art"))
+    removed = study.delete(artifacts=art)
+    assert removed.kept == 4 * 3  # weights, validation and test probabilities per trial
     assert mnist_hpo.studies(storage_url) == []
 
 
