@@ -386,19 +386,17 @@ class Study:
         (`message` hears its progress). Returns what was written (path, meta)."""
         from mnist_hpo.outputs import export
 
-        where = artifacts or defaults().artifacts
-        data = _path(data_dir) or defaults().data_dir
+        given = defaults()
+        common: dict[str, Any] = {
+            "artifacts": artifacts or given.artifacts,
+            "data_dir": _path(data_dir) or given.data_dir,
+            "cache_dir": _path(cache),
+            "download": download,
+        }
         if ensemble:
+            out = Path(path or f"{self.name}-ensemble.safetensors")
             with storage_calls("exporting the ensemble"):
-                return export.export_ensemble(
-                    self.url,
-                    self.name,
-                    Path(path or f"{self.name}-ensemble.safetensors"),
-                    artifacts=where,
-                    data_dir=data,
-                    cache_dir=_path(cache),
-                    download=download,
-                )
+                return export.export_ensemble(self.url, self.name, out, **common)
         default = f"{self.name}-best" if trial is None else f"{self.name}-trial{trial}"
         with storage_calls("exporting the model"):
             return export.export_best(
@@ -406,13 +404,10 @@ class Study:
                 self.name,
                 Path(path or f"{default}.safetensors"),
                 trial_number=trial,
-                data_dir=data,
-                cache_dir=_path(cache),
-                download=download,
                 device=device,
-                artifacts=where,
                 threads=threads,
                 message=message or (lambda _: None),
+                **common,
             )
 
     def ensemble(
