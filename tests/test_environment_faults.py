@@ -477,7 +477,8 @@ def test_a_full_artifact_folder_hands_the_trial_back_and_exits_74(
     r = _worker(env)
     assert r.returncode == 0, r.stdout + r.stderr
     _assert_completed_after(_trials(url), 2)
-    assert list(tiny_folder.iterdir()) == []
+    assert list(tiny_folder.glob("ckpt-*")) == []  # the chain's checkpoints are removed
+    assert len(list(tiny_folder.iterdir())) == 3  # what the trial kept: weights, 2 x probabilities
 
 
 @pytest.mark.slow
