@@ -1,0 +1,78 @@
+"""Which ensemble selection generalises, judged without the test split: select on one random half
+of the validation images, score on the other half, both ways, over several splits.
+
+Compares, on the kept trials of real studies, the shipped selection (Caruana: best 3, then 25
+greedy picks with replacement) against variants: complete trials only, a best-5 start, and the
+plain average of the best K by validation. Test probabilities and test labels are never read, so
+a variant can be chosen from these figures without touching test.
+
+    MNIST_HPO_STORAGE=sqlite:///runs.db MNIST_HPO_ARTIFACTS=art MNIST_HPO_DATA=/path/to/mnist \\
+        .venv/bin/python benchmarks/ensemble_holdout.py cnn [deep_mlp ...] [--splits 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import machine
+from mnist_hpo.outputs import ensemble, selection
+from mnist_hpo.resilience.artifacts import open_store
+from mnist_hpo.resilience.storage import open_storage
+from mnist_hpo.search.kept import Kept
+
+
+def variants(complete: list[bool]) -> Iterator[tuple[str, list[int], int, int]]:
+    """(name, candidate indices, picks, n_init)."""
+    every = list(range(len(complete)))
+    yield "shipped: best 3, then 25 picks", every, 25, 3
+    yield "complete trials only", [i for i in every if complete[i]], 25, 3
+    yield "best 5, then 25 picks", every, 25, 5
+    for k in (1, 2, 3, 5):
+        yield f"plain average of the best {k}", every, k, k
+
+
+def held_out(val: list[np.ndarray], labels: np.ndarray, complete: list[bool], splits: int) -> Any:
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {}
+    for _ in range(splits):
+        order = rng.permutation(len(labels))
+        halves = order[: len(labels) // 2], order[len(labels) // 2 :]
+        for chosen_on, scored_on in (halves, halves[::-1]):
+            for name, cands, size, n_init in variants(complete):
+                picked = selection.select(
+                    [val[i][chosen_on] for i in cands], labels[chosen_on], size=size, n_init=n_init
+                )
+                mixed = sum(val[cands[i]][scored_on] * w for i, w in picked.weights.items())
+                scores.setdefault(name, []).append(selection.accuracy(mixed, labels[scored_on]))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("studies", nargs="+")
+    parser.add_argument("--splits", type=int, default=10, help="random halvings (each both ways)")
+    args = parser.parse_args()
+    storage, artifacts = os.environ["MNIST_HPO_STORAGE"], os.environ["MNIST_HPO_ARTIFACTS"]
+    pool = ensemble.gather(open_storage(storage, must_exist=True), args.studies)
+    kept = Kept(open_store(artifacts), artifacts)
+    data = Path(os.environ["MNIST_HPO_DATA"]) if os.environ.get("MNIST_HPO_DATA") else None
+    val_labels, _ = ensemble.labels(pool, data, None, False)  # the test labels stay unused
+    val = [kept.probabilities(c.trial, "val").astype(np.float32) for c in pool.candidates]
+    complete = [c.trial.state.name == "COMPLETE" for c in pool.candidates]
+    print(machine())
+    print(f"{len(val)} kept trials of {', '.join(args.studies)} ({sum(complete)} complete)")
+    for name, accs in held_out(val, val_labels, complete, args.splits).items():
+        print(
+            f"{name:32s} held-out validation {100 * np.mean(accs):.3f}% "
+            f"(sd {100 * np.std(accs):.3f} over {len(accs)} halves)"
+        )
+
+
+if __name__ == "__main__":
+    main()
