@@ -277,13 +277,15 @@ class Study:
     def status(self) -> Status:
         """Where the study stands: trials by outcome, the budget used, the best trial."""
         from mnist_hpo.search import study as study_mod
+        from mnist_hpo.search.kept import recorded_ensemble
 
         with storage_calls():
             summary = study_mod.summarize(self.optuna, self.spec)
             snap = study_mod.snapshot(self.optuna, self.spec)
             data = self.optuna.user_attrs.get(study_mod.DATA_ATTR)
+            ensemble = recorded_ensemble(self.optuna)
         front = summary.front
-        best = self._best(front[0]) if front else None
+        best = self._best(front[0], ensemble) if front else None
         return Status(
             name=self.name,
             family=self.spec.family,
@@ -297,21 +299,22 @@ class Study:
             summary=summary,
         )
 
-    def _best(self, t: optuna.trial.FrozenTrial) -> Best:
+    def _best(self, t: optuna.trial.FrozenTrial, ensemble: dict[str, Any] | None) -> Best:
         from mnist_hpo.search import study as study_mod
-        from mnist_hpo.search.kept import recorded_ensemble
 
         record = study_mod.best_record(self.optuna, self.spec, t)
-        record["ensemble"] = recorded_ensemble(self.optuna)  # what `ensemble` recorded, or None
+        record["ensemble"] = ensemble  # what `mnist-hpo ensemble` recorded, or None
         return records.best_of(record)
 
     def front(self) -> list[Best]:
         """The best trial, or a multi-objective study's Pareto front (by validation accuracy);
         [] before any trial completed."""
         from mnist_hpo.search import study as study_mod
+        from mnist_hpo.search.kept import recorded_ensemble
 
         with storage_calls():
-            return [self._best(t) for t in study_mod.front(self.optuna)]
+            ensemble = recorded_ensemble(self.optuna)  # read once, not once per front trial
+            return [self._best(t, ensemble) for t in study_mod.front(self.optuna)]
 
     @property
     def best(self) -> Best:
