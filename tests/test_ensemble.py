@@ -49,12 +49,21 @@ def test_ensemble_is_recorded_and_exported_and_predict_reads_it(
     copy: dict[str, str], finished_study: tuple[str, str], tmp_path: Path, mnist_dir: Path
 ) -> None:
     name = finished_study[1]
+    r = cli("ensemble", name, "--json", env=copy)  # by default the size is chosen on halves
+    chosen = json.loads(r.stdout)
+    assert len(chosen["held_out"]) == len(chosen["trajectory"]["val"]) == 25
+    assert chosen["size_chosen_on"] == "held-out validation halves"
+    assert chosen["held_out"][chosen["size"] - 1] == max(chosen["held_out"])
+    study, spec = study_mod.load(storage_mod.open_storage(copy["MNIST_HPO_STORAGE"]), name)
+    page = report.render(study, spec)
+    assert "held-out validation (chose the size)" in page and "scored best on held-out" in page
     r = cli("ensemble", name, "--size", "8", env=copy)
     assert r.exit_code == 0, r.stderr
     assert "test, measured once after the selection" in r.stdout
     r = cli("ensemble", name, "--size", "8", "--json", env=copy)
     chosen = json.loads(r.stdout)
     assert len(chosen["trajectory"]["val"]) == 8 and chosen["studies"] == [name]
+    assert chosen["held_out"] is None and chosen["size"] == 8
     assert abs(sum(m["weight"] for m in chosen["members"]) - 1) < 1e-9
     status = cli("status", name, env=copy)
     assert "ensemble: " in status.stdout and "(size 8)" in status.stdout

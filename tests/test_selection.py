@@ -68,7 +68,8 @@ def _sharpen(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_selection_never_reads_the_test_split() -> None:
+@pytest.mark.parametrize("size", [10, None], ids=["fixed size", "size chosen on held-out"])
+def test_selection_never_reads_the_test_split(size: int | None) -> None:
     probs, labels = _library()
     rng = np.random.default_rng(9)
     real_test = [_probs(labels, rng.random(N) < 0.9, rng) for _ in probs]
@@ -82,11 +83,14 @@ def test_selection_never_reads_the_test_split() -> None:
 
         return read
 
-    a = ensemble.choose(probs, labels, reader(real_test), labels, size=10)
-    b = ensemble.choose(probs, labels, reader(garbage), np.zeros(N, dtype=int), size=10)
+    a = ensemble.choose(probs, labels, reader(real_test), labels, size=size)
+    b = ensemble.choose(probs, labels, reader(garbage), np.zeros(N, dtype=int), size=size)
     assert a.picks == b.picks and a.weights == b.weights and a.val_by_size == b.val_by_size
+    assert a.held_out == b.held_out and (a.held_out is None) == (size is not None)
     assert a.test_by_size != b.test_by_size  # the test arrays were read, after choosing
-    assert set(asked) == set(a.picks)  # and only the members'
+    # ...and only those of trials the walk picked (with a chosen size, the walk goes on to 25
+    # picks for the report's curve, so it may read a few more than the members)
+    assert set(a.picks) <= set(asked) and (size is None or set(asked) == set(a.picks))
 
 
 @pytest.mark.parametrize("size", [0, -1])
@@ -109,3 +113,53 @@ def test_a_diverged_trial_is_never_picked_and_breaks_nothing() -> None:
     nan = np.full_like(probs[0], np.nan)
     chosen = selection.select([nan, *probs], labels, size=10)
     assert 0 not in chosen.picks and not np.isnan(chosen.val_log_loss).any()
+
+
+def test_the_size_chosen_on_held_out_halves_is_deterministic_and_kept_in_the_outcome() -> None:
+    probs, labels = _library(seed=2)
+    a = selection.choose_size(probs, labels, max_size=12, seed=5)
+    assert a == selection.choose_size(probs, labels, max_size=12, seed=5)
+    assert len(a.held_out) == 12 and 1 <= a.size <= 12
+    assert a.held_out[a.size - 1] == max(a.held_out)  # the best held-out size...
+    assert all(h < max(a.held_out) for h in a.held_out[: a.size - 1])  # ...the smallest such
+    real = ensemble.choose(
+        probs, labels, lambda i: probs[i], labels, size=None, max_size=12, seed=5
+    )
+    assert real.size == a.size and real.held_out == a.held_out
+    assert len(real.val_by_size) == 12  # the walk's every pick, for the report's curve
+    assert real.val_accuracy == real.val_by_size[a.size - 1]
+
+
+def test_held_out_halves_keep_complementary_members_and_drop_useless_ones() -> None:
+    labels = np.arange(N) % C
+    rng = np.random.default_rng(1)
+    # Four members, each wrong on a different fifth of the images: confidently wrong there
+    # (0.99), modestly right elsewhere (0.6). Two members lose to the confident mistake; any
+    # three outvote it, so an ensemble of 3 or more is right everywhere, on unseen images too.
+    complementary = []
+    for k in range(4):
+        right = np.arange(N) % 5 != k
+        p = _probs(labels, right, rng)
+        p[~right] = _sharpen(p[~right])
+        complementary.append(p)
+    assert selection.choose_size(complementary, labels, max_size=10).size >= 3
+    # One good member among guesses: every pick past the first only dilutes it.
+    good = _sharpen(_probs(labels, np.arange(N) % 10 != 0, rng))
+    guesses = [_probs(labels, rng.random(N) < 0.15, rng) for _ in range(5)]
+    assert selection.choose_size([good, *guesses], labels, max_size=10).size == 1
+
+
+def test_a_walk_by_log_loss_takes_the_candidate_with_the_lowest_log_loss_at_each_step() -> None:
+    probs, labels = _library(seed=6, models=6)
+    chosen = selection.select(probs, labels, size=7, by="log_loss")
+    stack = [p.astype(np.float32) for p in probs]
+    rows = np.arange(N)
+    for k in range(selection.N_INIT, 7):
+        total = sum(stack[m] for m in chosen.picks[:k])
+        losses = [
+            -np.log(np.clip(((total + p) / (k + 1))[rows, labels], selection.EPS, None)).mean()
+            for p in stack
+        ]
+        assert np.isclose(losses[chosen.picks[k]], min(losses), rtol=1e-5)
+    with pytest.raises(ValueError, match="by must be"):
+        selection.select(probs, labels, by="f1")

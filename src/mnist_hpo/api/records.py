@@ -176,7 +176,7 @@ class Ensemble:
 
     studies: list[str]
     members: list[Member]
-    size: int  # picks of the greedy selection
+    size: int  # picks of the greedy selection (chosen on held-out validation unless given)
     candidates: int  # kept trials it chose from
     validation_accuracy: float
     test_accuracy: float

@@ -227,7 +227,7 @@ def ensemble(
     names: Sequence[str],
     *,
     storage: str | None = None,
-    size: int = 25,
+    size: int | None = None,
     seed: int = 0,
     data_dir: str | Path | None = None,
     cache: str | Path | None = None,
@@ -416,7 +416,7 @@ class Study:
     def ensemble(
         self,
         *others: Study | str,
-        size: int = 25,
+        size: int | None = None,
         seed: int = 0,
         data_dir: str | Path | None = None,
         cache: str | Path | None = None,
@@ -425,7 +425,8 @@ class Study:
     ) -> Ensemble:
         """Greedy ensemble selection (Caruana et al., with replacement) over the kept trials of
         this study and `others` (same storage, dataset and validation split), on validation
-        only; the test accuracy is measured once, after. Recorded on this study, as `mnist-hpo
+        only: `size` picks, or by default as many (1-25) as score best on held-out halves of
+        validation. The test accuracy is measured once, after. Recorded on this study, as `mnist-hpo
         ensemble` does (status, best, report, `export_best(ensemble=True)`)."""
         names = [self.name, *(o.name if isinstance(o, Study) else o for o in others)]
         return ensemble(
@@ -469,6 +470,7 @@ class Study:
         download: bool = True,
         wait: bool = True,
         artifacts: str | None = None,
+        keep: bool = True,
         settings: Settings | None = None,
         progress: Any = "auto",
         verbose: bool = False,
@@ -480,6 +482,7 @@ class Study:
         "none", or a callable given each event (events.py) and its worker's label. An
         interrupt (Jupyter's stop button, Ctrl-C) asks the workers to finish their epoch and
         hand their trials back, as Ctrl-C does in the CLI, then raises KeyboardInterrupt.
+        `keep=False` is `--no-keep`: finished trials keep no weights or probabilities.
         """
         from mnist_hpo.api.work import open_view, run_processes
         from mnist_hpo.fleet.cores import threads_per_job
@@ -501,6 +504,7 @@ class Study:
             download=download,
             wait=wait,
             artifacts=artifacts or given.artifacts,
+            keep=keep,
         )
         board = Board()
         report = api_reporter(progress, board, verbose=verbose)

@@ -31,9 +31,12 @@ def ensemble(
         ),
     ],
     size: Annotated[
-        int,
-        typer.Option(help="Picks of the greedy selection (with replacement): weights in 1/SIZE."),
-    ] = 25,
+        int | None,
+        typer.Option(
+            help="Picks of the greedy selection (with replacement): weights in 1/SIZE. Default: "
+            "the number (1-25) that scores best on held-out halves of validation."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Breaks exact ties between candidates.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     data_dir: DataDirOpt = None,
@@ -44,8 +47,9 @@ def ensemble(
 ) -> None:
     """Combine the studies' kept trials into a weighted ensemble, chosen on validation only.
 
-    Caruana's ensemble selection: the 3 best trials, then greedy picks with replacement up to
-    SIZE, each trial weighted by how often it was picked. The test accuracy is measured once,
+    Caruana's ensemble selection: the 3 best trials, then greedy picks with replacement, as
+    many as generalise to held-out halves of validation (or SIZE), each trial weighted by how
+    often it was picked. The test accuracy is measured once,
     after the selection. The result is recorded on the first study (status, best --json,
     report, export-best --ensemble).
     """
@@ -66,7 +70,8 @@ def ensemble(
         return
     typer.echo(
         f"ensemble of {len(result['members'])} trials chosen from {result['candidates']} kept "
-        f"trials of {', '.join(result['studies'])} ({result['size']} picks, on validation only)"
+        f"trials of {', '.join(result['studies'])} ({result['size']} picks, on validation only"
+        + (", the number that scored best on held-out halves)" if result["held_out"] else ")")
     )
     typer.echo(f"  {'study':<20} {'trial':>5} {'weight':>7} {'val':>8} {'test':>8}")
     for m in result["members"]:

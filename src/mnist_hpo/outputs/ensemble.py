@@ -88,19 +88,24 @@ def gather(storage: Any, names: Sequence[str]) -> Pool:
 class Outcome:
     """What the selection chose, and the test accuracies measured after it."""
 
-    picks: list[int]  # candidate indices, in the order picked
+    picks: list[int]  # candidate indices, in the order picked: the ensemble's `size` picks
     weights: dict[int, float]
-    val_by_size: list[float]
+    val_by_size: list[float]  # along every pick the selection made (past `size` when chosen)
     test_by_size: list[float]  # the same prefixes on test, measured after the selection
     member_test: dict[int, float]  # each member alone on test (a pruned trial recorded none)
+    held_out: list[float] | None = None  # choose_size's curve, when it chose the size
+
+    @property
+    def size(self) -> int:
+        return len(self.picks)
 
     @property
     def val_accuracy(self) -> float:
-        return self.val_by_size[-1]
+        return self.val_by_size[self.size - 1]
 
     @property
     def test_accuracy(self) -> float:
-        return self.test_by_size[-1]
+        return self.test_by_size[self.size - 1]
 
 
 def choose(
@@ -109,21 +114,37 @@ def choose(
     test_probs: Callable[[int], np.ndarray],
     test_labels: np.ndarray,
     *,
-    size: int,
+    size: int | None,
+    max_size: int = selection.SIZE,
     seed: int = 0,
 ) -> Outcome:
-    """Select on validation only; then read the members' test probabilities (`test_probs(i)`,
-    asked only for picked candidates, only after the selection) and measure test once per
-    ensemble size along the picks, for the report's curve."""
-    chosen = selection.select(val_probs, val_labels, size=size, seed=seed)
+    """Select on validation only: `size` picks, or as many (up to `max_size`) as generalise to
+    held-out validation images (selection.choose_size) when `size` is None. Then read the
+    picked candidates' test probabilities (`test_probs(i)`, asked only after the selection)
+    and measure test once per ensemble size along the picks, for the report's curve."""
+    sized = None
+    if size is None:
+        sized = selection.choose_size(val_probs, val_labels, max_size=max_size, seed=seed)
+    keep = sized.size if sized else size or 1
+    # With a chosen size the walk goes on to max_size anyway: the report plots every pick.
+    chosen = selection.select(val_probs, val_labels, size=max_size if sized else keep, seed=seed)
     tests = {i: test_probs(i).astype(np.float32) for i in dict.fromkeys(chosen.picks)}
     running = np.zeros_like(next(iter(tests.values())))
     test_by_size = []
     for k, i in enumerate(chosen.picks, start=1):
         running += tests[i]
         test_by_size.append(selection.accuracy(running / k, test_labels))
-    alone = {i: selection.accuracy(p, test_labels) for i, p in tests.items()}
-    return Outcome(chosen.picks, chosen.weights, chosen.val_accuracy, test_by_size, alone)
+    kept = chosen.picks[:keep]
+    final = selection.Selection(kept, chosen.val_accuracy, chosen.val_log_loss)
+    alone = {i: selection.accuracy(tests[i], test_labels) for i in final.weights}
+    return Outcome(
+        kept,
+        final.weights,
+        chosen.val_accuracy,
+        test_by_size,
+        alone,
+        sized.held_out if sized else None,
+    )
 
 
 def labels(
@@ -141,15 +162,16 @@ def run(
     names: Sequence[str],
     artifacts: str,
     *,
-    size: int = selection.SIZE,
+    size: int | None = None,
     seed: int = 0,
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     download: bool = True,
 ) -> dict[str, Any]:
-    """Select an ensemble over the studies' kept trials, measure it, record it on the first
-    study; returns the record (see `record`)."""
-    if size < 1:
+    """Select an ensemble over the studies' kept trials (`size` picks, or as many as held-out
+    validation images favour when None), measure it, record it on the first study; returns
+    the record (see `record`)."""
+    if size is not None and size < 1:
         raise UsageError(f"--size must be at least 1 (picks of the greedy selection), not {size}")
     pool = gather(open_storage(storage_url, must_exist=True), names)
     kept = Kept(open_store(artifacts), artifacts)
@@ -170,13 +192,14 @@ def run(
         raise HpoError(
             f"{e}; point --artifacts (MNIST_HPO_ARTIFACTS) at the workers' store"
         ) from None
-    result = record(pool, outcome, size, seed)
+    result = record(pool, outcome, seed)
     pool.studies[0][0].set_user_attr(ATTR, result)
     return result
 
 
-def record(pool: Pool, outcome: Outcome, size: int, seed: int) -> dict[str, Any]:
-    """The `ensemble` user attr: members (study, trial, weight), accuracies, the trajectory."""
+def record(pool: Pool, outcome: Outcome, seed: int) -> dict[str, Any]:
+    """The `ensemble` user attr: members (study, trial, weight), accuracies, the trajectory
+    (every pick made, `size` of them kept) and, when the size was chosen, the held-out curve."""
     cands = pool.candidates
     members = [
         {
@@ -196,7 +219,9 @@ def record(pool: Pool, outcome: Outcome, size: int, seed: int) -> dict[str, Any]
     return {
         "studies": [s.study_name for s, _ in pool.studies],
         "candidates": len(cands),
-        "size": size,
+        "size": outcome.size,
+        "size_chosen_on": None if outcome.held_out is None else "held-out validation halves",
+        "held_out": outcome.held_out,
         "seed": seed,
         "members": members,
         "val_accuracy": outcome.val_accuracy,

@@ -366,7 +366,13 @@ def _ensemble_note(e: Mapping[str, Any]) -> str:
     return (
         f"Greedy ensemble selection with replacement over {e['candidates']} kept trials of "
         f"{', '.join(e['studies'])}, chosen on validation only; {len(e['members'])} distinct "
-        f"trials in {e['size']} picks. Validation {_pct(e['val_accuracy'])}, test "
+        f"trials in {e['size']} picks"
+        + (
+            " (the size that scored best on held-out halves of validation)"
+            if e.get("held_out")
+            else ""
+        )
+        + f". Validation {_pct(e['val_accuracy'])}, test "
         f"{_pct(e['test_accuracy'])} against {_pct(single)} for the best single trial by "
         "validation. The test line is measured after the selection along its picks: it shows, "
         "never steers, what each added pick did."
@@ -381,9 +387,19 @@ def _ensemble_figure(e: Mapping[str, Any]) -> Any:
     fig = go.Figure()
     fig.add_scatter(x=sizes, y=val, mode="lines+markers", name="validation")
     fig.add_scatter(x=sizes, y=test, mode="lines+markers", name="test", marker_symbol="x")
+    held = e.get("held_out") or []
+    if held:
+        fig.add_scatter(
+            x=sizes[: len(held)], y=held, mode="lines", name="held-out validation (chose the size)"
+        )
+    fig.add_vline(x=e["size"], line_dash="dot", annotation_text=f"chosen: {e['size']}")
     fig.update_layout(
         xaxis={"title": "ensemble size (picks)"},
-        yaxis={"title": "accuracy", "tickformat": ".2%", "range": accuracy_range(val + test)},
+        yaxis={
+            "title": "accuracy",
+            "tickformat": ".2%",
+            "range": accuracy_range(val + test + held),
+        },
         title="Ensemble accuracy against its size",
     )
     return fig

@@ -12,6 +12,15 @@ steps of 0.01%, so several candidates often tie on it and the log-loss tells the
 the average more confident on the right class. An exact tie on both (a model picked twice in a
 row against its own copy) is broken by a seeded generator: the same seed, the same ensemble.
 
+How many picks: greedy steps on 10,000 validation images keep finding single-image gains long
+after the ensemble stopped generalising (on the shipped cnn study, 25 picks read 99.72% on
+validation and 99.59% on test). `choose_size` therefore asks held-out validation images: it
+runs the selection on one random half of validation and scores every prefix of its picks on the
+other half, both ways over SPLITS halvings, and keeps the size with the best mean held-out
+accuracy (the smallest on a tie: fewer members predict faster). The first N_INIT prefixes are
+the plain averages of the best 1-3 trials, so "one trial" and "top-3 average" are among the
+sizes it weighs. The final selection then runs on the whole validation split.
+
 This module sees validation arrays only; it takes no test argument at all, so no choice it
 makes can depend on the test split (tests/test_selection.py holds the ensemble core to that).
 """
@@ -26,6 +35,7 @@ import numpy as np
 
 N_INIT = 3  # sorted initialisation: Caruana used the best N; 3 of a study's 10-60 trials
 SIZE = 25  # picks in all; auto-sklearn's default ensemble_size is 50 over far more models
+SPLITS = 5  # halvings for choose_size, each used both ways: 10 selections (~1 s for 100 trials)
 EPS = 1e-7  # probabilities are clipped here before the log (float16 rounds 1e-8 to 0)
 
 
@@ -57,21 +67,26 @@ def mix(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
 
 
 def select(
-    val_probs: Sequence[np.ndarray],
+    val_probs: Sequence[np.ndarray] | np.ndarray,
     val_labels: np.ndarray,
     *,
     size: int = SIZE,
     n_init: int = N_INIT,
     seed: int = 0,
+    by: str = "accuracy",
 ) -> Selection:
     """Greedy selection with replacement of `size` picks among the candidates' validation
-    probabilities (each (N, classes)); see the module docstring."""
-    if size < 1 or not val_probs:
+    probabilities (each (N, classes)); see the module docstring. `by="log_loss"` ranks each
+    step by the average's log-loss alone (accuracy then only reported)."""
+    if by not in ("accuracy", "log_loss"):
+        raise ValueError(f"by must be 'accuracy' or 'log_loss', not {by!r}")
+    if size < 1 or len(val_probs) == 0:
         raise ValueError("ensemble selection needs at least one candidate and size >= 1")
-    stack = np.stack([p.astype(np.float32) for p in val_probs])  # (M, N, C)
+    stack = _stacked(val_probs)  # (M, N, C) float32
     # A diverged trial kept NaN probabilities: never picked (as zeros it would only dilute).
     usable = np.asarray(np.isfinite(stack).all(axis=(1, 2)), dtype=bool)
-    stack[~usable] = 0.0
+    if not usable.all():
+        stack = np.where(usable[:, None, None], stack, np.float32(0.0))  # a copy: never the input
     if not usable.any():
         raise ValueError("every candidate's probabilities are NaN or infinite (diverged)")
     labels = np.asarray(val_labels, dtype=np.int64)
@@ -90,14 +105,73 @@ def select(
     for k in range(len(picks) + 1, size + 1):
         hits = np.where(usable, _hits(total, stack, labels), -1)
         losses = -np.log(np.clip((total_right[None] + right) / k, EPS, None)).mean(axis=1)
-        best = np.flatnonzero(hits == hits.max())
-        best = best[losses[best] == losses[best].min()]
+        if by == "log_loss":
+            losses = np.where(usable, losses, np.inf)
+            best = np.flatnonzero(losses == losses.min())
+        else:
+            best = np.flatnonzero(hits == hits.max())
+            best = best[losses[best] == losses[best].min()]
         m = int(best[0] if len(best) == 1 else rng.choice(best))
         picks.append(m)
         total += stack[m]
         total_right += right[m]
         trajectory.append((float(hits[m]) / len(labels), float(losses[m])))
     return Selection(picks, [a for a, _ in trajectory], [ll for _, ll in trajectory])
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """The number of picks chosen on held-out validation, and the mean held-out accuracy of
+    every prefix size 1..max (index 0 is size 1)."""
+
+    size: int
+    held_out: list[float]
+
+
+def choose_size(
+    val_probs: Sequence[np.ndarray],
+    val_labels: np.ndarray,
+    *,
+    max_size: int = SIZE,
+    n_init: int = N_INIT,
+    splits: int = SPLITS,
+    seed: int = 0,
+    by: str = "accuracy",
+) -> SizeChoice:
+    """How many picks generalise: select on one random half of validation, score each prefix of
+    the picks on the other half, both ways over `splits` halvings (see the module docstring)."""
+    labels = np.asarray(val_labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    scores = np.zeros(max_size)
+    whole = np.stack([p.astype(np.float32) for p in val_probs])  # converted once, not 10 times
+    for _ in range(splits):
+        order = rng.permutation(len(labels))
+        halves = order[: len(labels) // 2], order[len(labels) // 2 :]
+        for fit, held in (halves, halves[::-1]):
+            picked = select(
+                whole[:, fit],
+                labels[fit],
+                size=max_size,
+                n_init=n_init,
+                seed=seed,
+                by=by,
+            )
+            scores += _prefix_accuracy(whole[picked.picks][:, held], labels[held])
+    scores /= 2 * splits
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
+    return SizeChoice(best + 1, [float(s) for s in scores])
+
+
+def _prefix_accuracy(picked: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The accuracy of the running average after each pick: `picked` is (picks, N, C)."""
+    running = np.cumsum(picked, axis=0)
+    return np.asarray((running.argmax(axis=2) == labels).mean(axis=1), dtype=float)
+
+
+def _stacked(probs: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    if isinstance(probs, np.ndarray) and probs.ndim == 3:
+        return probs.astype(np.float32, copy=False)  # choose_size's halves: already float32
+    return np.stack([p.astype(np.float32) for p in probs])
 
 
 def _hits(total: np.ndarray, stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
