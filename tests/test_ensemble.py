@@ -51,12 +51,15 @@ def test_ensemble_is_recorded_and_exported_and_predict_reads_it(
     name = finished_study[1]
     r = cli("ensemble", name, "--json", env=copy)  # by default the size is chosen on halves
     chosen = json.loads(r.stdout)
-    assert len(chosen["held_out"]) == len(chosen["trajectory"]["val"]) == 25
+    held = chosen["held_out"]
     assert chosen["size_chosen_on"] == "held-out validation halves"
-    assert chosen["held_out"][chosen["size"] - 1] == max(chosen["held_out"])
+    assert len(held["greedy"]) == 25 and 1 <= len(held["average of the best"]) <= 25
+    curve = held[chosen["rule"]]
+    assert curve[chosen["size"] - 1] == max(held["greedy"] + held["average of the best"])
+    assert len(chosen["trajectory"]["val"]) == len(curve)
     study, spec = study_mod.load(storage_mod.open_storage(copy["MNIST_HPO_STORAGE"]), name)
     page = report.render(study, spec)
-    assert "held-out validation (chose the size)" in page and "scored best on held-out" in page
+    assert "held-out halves: greedy" in page and "scored best on held-out halves" in page
     r = cli("ensemble", name, "--size", "8", env=copy)
     assert r.exit_code == 0, r.stderr
     assert "test, measured once after the selection" in r.stdout
@@ -81,7 +84,7 @@ def test_ensemble_is_recorded_and_exported_and_predict_reads_it(
     study, spec = study_mod.load(storage_mod.open_storage(copy["MNIST_HPO_STORAGE"]), name)
     assert study.user_attrs["ensemble"]["size"] == 8
     page = report.render(study, spec)
-    assert "Ensemble accuracy against its size" in page and "in 8 picks" in page
+    assert "Ensemble accuracy against its size" in page and "(8 greedy picks)" in page
     images = mnist_dir / "t10k-images-idx3-ubyte.gz"
     pixels, names = predict.read_images(images)
     preds = predict.classify(loaded, pixels, names)

@@ -86,7 +86,7 @@ def test_selection_never_reads_the_test_split(size: int | None) -> None:
     a = ensemble.choose(probs, labels, reader(real_test), labels, size=size)
     b = ensemble.choose(probs, labels, reader(garbage), np.zeros(N, dtype=int), size=size)
     assert a.picks == b.picks and a.weights == b.weights and a.val_by_size == b.val_by_size
-    assert a.held_out == b.held_out and (a.held_out is None) == (size is not None)
+    assert a.sized == b.sized and (a.sized is None) == (size is not None)
     assert a.test_by_size != b.test_by_size  # the test arrays were read, after choosing
     # ...and only those of trials the walk picked (with a chosen size, the walk goes on to 25
     # picks for the report's curve, so it may read a few more than the members)
@@ -119,15 +119,37 @@ def test_the_size_chosen_on_held_out_halves_is_deterministic_and_kept_in_the_out
     probs, labels = _library(seed=2)
     a = selection.choose_size(probs, labels, max_size=12, seed=5)
     assert a == selection.choose_size(probs, labels, max_size=12, seed=5)
-    assert len(a.held_out) == 12 and 1 <= a.size <= 12
-    assert a.held_out[a.size - 1] == max(a.held_out)  # the best held-out size...
-    assert all(h < max(a.held_out) for h in a.held_out[: a.size - 1])  # ...the smallest such
+    assert len(a.held_out) == len(a.held_out_average) == 12 and 1 <= a.size <= 12
+    curve = a.held_out_average if a.averaged else a.held_out
+    best = max(a.held_out + a.held_out_average)
+    assert curve[a.size - 1] == best  # the best held-out size of either rule...
+    assert all(h < best for h in curve[: a.size - 1])  # ...the smallest such
     real = ensemble.choose(
         probs, labels, lambda i: probs[i], labels, size=None, max_size=12, seed=5
     )
-    assert real.size == a.size and real.held_out == a.held_out
-    assert len(real.val_by_size) == 12  # the walk's every pick, for the report's curve
+    assert real.size == a.size and real.sized == a
+    assert len(real.val_by_size) == a.walk  # the walk's every pick, for the report's curve
     assert real.val_accuracy == real.val_by_size[a.size - 1]
+
+
+def test_a_plain_average_is_chosen_where_it_generalises_better_than_greedy_picks() -> None:
+    """Six equally good members with independent errors: averaging all six is right nearly
+    everywhere, while the greedy walk on half the images keeps re-picking whichever happened to
+    fit that half and never gives all six equal weight."""
+    labels = np.arange(N) % C
+    rng = np.random.default_rng(3)
+    members = []
+    for _ in range(6):
+        right = rng.random(N) < 0.8
+        p = _probs(labels, right, rng)
+        p[~right] = _sharpen(p[~right]) * 0.7 + 0.03  # confidently wrong, not all-in
+        members.append(p.astype(np.float16))
+    chosen = selection.choose_size(members, labels, max_size=10)
+    assert chosen.averaged and chosen.size >= 4, chosen
+    # and the walk that `choose` then runs is the ranking: its first `size` picks, equal weights
+    outcome = ensemble.choose(members, labels, lambda i: members[i], labels, size=None)
+    assert len(outcome.weights) == chosen.size
+    assert set(outcome.weights.values()) == {1 / chosen.size}
 
 
 def test_held_out_halves_keep_complementary_members_and_drop_useless_ones() -> None:

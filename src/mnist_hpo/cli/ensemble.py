@@ -54,6 +54,7 @@ def ensemble(
     report, export-best --ensemble).
     """
     from mnist_hpo.api import studies as api
+    from mnist_hpo.outputs.selection import how
 
     result = api.ensemble(
         studies,
@@ -70,8 +71,7 @@ def ensemble(
         return
     typer.echo(
         f"ensemble of {len(result['members'])} trials chosen from {result['candidates']} kept "
-        f"trials of {', '.join(result['studies'])} ({result['size']} picks, on validation only"
-        + (", the number that scored best on held-out halves)" if result["held_out"] else ")")
+        f"trials of {', '.join(result['studies'])} ({how(result)}; test never read)"
     )
     typer.echo(f"  {'study':<20} {'trial':>5} {'weight':>7} {'val':>8} {'test':>8}")
     for m in result["members"]:

@@ -93,7 +93,7 @@ class Outcome:
     val_by_size: list[float]  # along every pick the selection made (past `size` when chosen)
     test_by_size: list[float]  # the same prefixes on test, measured after the selection
     member_test: dict[int, float]  # each member alone on test (a pruned trial recorded none)
-    held_out: list[float] | None = None  # choose_size's curve, when it chose the size
+    sized: selection.SizeChoice | None = None  # what held-out validation chose, if it chose
 
     @property
     def size(self) -> int:
@@ -126,8 +126,9 @@ def choose(
     if size is None:
         sized = selection.choose_size(val_probs, val_labels, max_size=max_size, seed=seed)
     keep = sized.size if sized else size or 1
-    # With a chosen size the walk goes on to max_size anyway: the report plots every pick.
-    chosen = selection.select(val_probs, val_labels, size=max_size if sized else keep, seed=seed)
+    # With a chosen size the walk goes on anyway: the report plots every prefix of it.
+    walk, n_init = (sized.walk, sized.n_init) if sized else (keep, selection.N_INIT)
+    chosen = selection.select(val_probs, val_labels, size=walk, n_init=n_init, seed=seed)
     tests = {i: test_probs(i).astype(np.float32) for i in dict.fromkeys(chosen.picks)}
     running = np.zeros_like(next(iter(tests.values())))
     test_by_size = []
@@ -143,7 +144,7 @@ def choose(
         chosen.val_accuracy,
         test_by_size,
         alone,
-        sized.held_out if sized else None,
+        sized,
     )
 
 
@@ -220,8 +221,7 @@ def record(pool: Pool, outcome: Outcome, seed: int) -> dict[str, Any]:
         "studies": [s.study_name for s, _ in pool.studies],
         "candidates": len(cands),
         "size": outcome.size,
-        "size_chosen_on": None if outcome.held_out is None else "held-out validation halves",
-        "held_out": outcome.held_out,
+        **_sizing(outcome.sized),
         "seed": seed,
         "members": members,
         "val_accuracy": outcome.val_accuracy,
@@ -235,4 +235,16 @@ def record(pool: Pool, outcome: Outcome, seed: int) -> dict[str, Any]:
             "test_accuracy": single.trial.user_attrs.get("test_accuracy"),
         },
         "trajectory": {"val": outcome.val_by_size, "test": outcome.test_by_size},
+    }
+
+
+def _sizing(sized: selection.SizeChoice | None) -> dict[str, Any]:
+    """How the size was set: given, or chosen on held-out halves of validation (and whether as
+    greedy picks or the plain average of the best trials), with both held-out curves."""
+    if sized is None:
+        return {"size_chosen_on": None, "rule": "greedy", "held_out": None}
+    return {
+        "size_chosen_on": "held-out validation halves",
+        "rule": "average of the best" if sized.averaged else "greedy",
+        "held_out": {"greedy": sized.held_out, "average of the best": sized.held_out_average},
     }

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo import __version__
 from mnist_hpo.errors import HpoError
+from mnist_hpo.outputs.selection import how
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import family_origin
 from mnist_hpo.search import study as study_mod
@@ -364,18 +365,12 @@ def _ensemble(study: optuna.Study, finished: Sequence[FrozenTrial]) -> str:
 def _ensemble_note(e: Mapping[str, Any]) -> str:
     single = (e.get("best_single") or {}).get("test_accuracy")
     return (
-        f"Greedy ensemble selection with replacement over {e['candidates']} kept trials of "
-        f"{', '.join(e['studies'])}, chosen on validation only; {len(e['members'])} distinct "
-        f"trials in {e['size']} picks"
-        + (
-            " (the size that scored best on held-out halves of validation)"
-            if e.get("held_out")
-            else ""
-        )
-        + f". Validation {_pct(e['val_accuracy'])}, test "
-        f"{_pct(e['test_accuracy'])} against {_pct(single)} for the best single trial by "
-        "validation. The test line is measured after the selection along its picks: it shows, "
-        "never steers, what each added pick did."
+        f"Ensemble selection over {e['candidates']} kept trials of {', '.join(e['studies'])}, "
+        f"chosen on validation only ({how(e)}); {len(e['members'])} distinct "
+        f"trials. Validation {_pct(e['val_accuracy'])}, test {_pct(e['test_accuracy'])} "
+        f"against {_pct(single)} for the best single trial by validation. The test line is "
+        "measured after the selection along the walk: it shows, never steers, what each added "
+        "pick did."
     )
 
 
@@ -387,11 +382,16 @@ def _ensemble_figure(e: Mapping[str, Any]) -> Any:
     fig = go.Figure()
     fig.add_scatter(x=sizes, y=val, mode="lines+markers", name="validation")
     fig.add_scatter(x=sizes, y=test, mode="lines+markers", name="test", marker_symbol="x")
-    held = e.get("held_out") or []
-    if held:
+    held: list[float] = []
+    for rule, curve in (e.get("held_out") or {}).items():
         fig.add_scatter(
-            x=sizes[: len(held)], y=held, mode="lines", name="held-out validation (chose the size)"
+            x=list(range(1, len(curve) + 1)),
+            y=curve,
+            mode="lines",
+            line_dash="dash",
+            name=f"held-out halves: {rule}",
         )
+        held += curve
     fig.add_vline(x=e["size"], line_dash="dot", annotation_text=f"chosen: {e['size']}")
     fig.update_layout(
         xaxis={"title": "ensemble size (picks)"},

@@ -17,9 +17,11 @@ after the ensemble stopped generalising (on the shipped cnn study, 25 picks read
 validation and 99.59% on test). `choose_size` therefore asks held-out validation images: it
 runs the selection on one random half of validation and scores every prefix of its picks on the
 other half, both ways over SPLITS halvings, and keeps the size with the best mean held-out
-accuracy (the smallest on a tie: fewer members predict faster). The first N_INIT prefixes are
-the plain averages of the best 1-3 trials, so "one trial" and "top-3 average" are among the
-sizes it weighs. The final selection then runs on the whole validation split.
+accuracy (the smallest on a tie: fewer members predict faster). It weighs the plain averages of
+the best 1..K trials (ranked on the fitting half) the same way, and takes one of those instead
+when it scores better: on pools of several strong trials the plain average generalised better
+than greedy picks (deep_mlp + cnn_20k: 99.64% held-out for the best 5 averaged against 99.60%
+for 25 greedy picks). The final selection then runs on the whole validation split.
 
 This module sees validation arrays only; it takes no test argument at all, so no choice it
 makes can depend on the test split (tests/test_selection.py holds the ensemble core to that).
@@ -28,8 +30,9 @@ makes can depend on the test split (tests/test_selection.py holds the ensemble c
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -121,11 +124,25 @@ def select(
 
 @dataclass(frozen=True)
 class SizeChoice:
-    """The number of picks chosen on held-out validation, and the mean held-out accuracy of
-    every prefix size 1..max (index 0 is size 1)."""
+    """What held-out validation chose: the greedy walk's first `size` picks, or (`averaged`)
+    the plain average of the best `size` trials; and the mean held-out accuracy of each size
+    of both (index 0 is size 1)."""
 
     size: int
-    held_out: list[float]
+    averaged: bool
+    held_out: list[float]  # the greedy walk's prefixes, sizes 1..max_size
+    held_out_average: list[float]  # plain averages of the best 1..K trials
+
+    @property
+    def n_init(self) -> int:
+        """select()'s n_init for the chosen walk: the plain average is an initialisation of
+        K trials with no greedy step after it."""
+        return len(self.held_out_average) if self.averaged else N_INIT
+
+    @property
+    def walk(self) -> int:
+        """How many picks the chosen walk makes in all (its every prefix is plotted)."""
+        return len(self.held_out_average) if self.averaged else len(self.held_out)
 
 
 def choose_size(
@@ -138,28 +155,28 @@ def choose_size(
     seed: int = 0,
     by: str = "accuracy",
 ) -> SizeChoice:
-    """How many picks generalise: select on one random half of validation, score each prefix of
-    the picks on the other half, both ways over `splits` halvings (see the module docstring)."""
+    """How many picks generalise, and whether greedy steps beat a plain average of the best:
+    on one random half of validation, walk greedily (and rank the trials); score each prefix of
+    both on the other half, both ways over `splits` halvings (see the module docstring)."""
     labels = np.asarray(val_labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    scores = np.zeros(max_size)
     whole = np.stack([p.astype(np.float32) for p in val_probs])  # converted once, not 10 times
+    top = max(1, min(max_size, int(np.isfinite(whole).all(axis=(1, 2)).sum())))
+    greedy, average = np.zeros(max_size), np.zeros(top)
     for _ in range(splits):
         order = rng.permutation(len(labels))
         halves = order[: len(labels) // 2], order[len(labels) // 2 :]
         for fit, held in (halves, halves[::-1]):
-            picked = select(
-                whole[:, fit],
-                labels[fit],
-                size=max_size,
-                n_init=n_init,
-                seed=seed,
-                by=by,
-            )
-            scores += _prefix_accuracy(whole[picked.picks][:, held], labels[held])
-    scores /= 2 * splits
-    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
-    return SizeChoice(best + 1, [float(s) for s in scores])
+            part = whole[:, fit]
+            walk = select(part, labels[fit], size=max_size, n_init=n_init, seed=seed, by=by)
+            greedy += _prefix_accuracy(whole[walk.picks][:, held], labels[held])
+            ranked = select(part, labels[fit], size=top, n_init=top, seed=seed).picks
+            average += _prefix_accuracy(whole[ranked][:, held], labels[held])
+    greedy, average = greedy / (2 * splits), average / (2 * splits)
+    averaged = bool(average.max() > greedy.max() + 1e-12)  # a tie stays with Caruana's walk
+    curve = average if averaged else greedy
+    size = int(np.flatnonzero(curve >= curve.max() - 1e-12)[0]) + 1
+    return SizeChoice(size, averaged, [float(x) for x in greedy], [float(x) for x in average])
 
 
 def _prefix_accuracy(picked: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -196,3 +213,13 @@ def _score(
 ) -> tuple[float, float]:
     acc = float(np.mean(total.argmax(axis=1) == labels))
     return acc, float(-np.log(np.clip(total_right / k, EPS, None)).mean())
+
+
+def how(record: Mapping[str, Any]) -> str:
+    """How an ensemble record's size was set, in words for the CLI and the report."""
+    size = record["size"]
+    if record.get("rule") == "average of the best":
+        return f"the plain average of the best {size}, which scored best on held-out halves of validation"
+    if record.get("size_chosen_on"):
+        return f"{size} greedy picks, the number that scored best on held-out halves of validation"
+    return f"{size} greedy picks"
