@@ -217,9 +217,9 @@ def _score(
 
 def how(record: Mapping[str, Any]) -> str:
     """How an ensemble record's size was set, in words for the CLI and the report."""
-    size = record["size"]
+    size, where = record["size"], "on held-out halves of validation"
     if record.get("rule") == "average of the best":
-        return f"the plain average of the best {size}, which scored best on held-out halves of validation"
+        return f"the plain average of the best {size}, which scored best {where}"
     if record.get("size_chosen_on"):
-        return f"{size} greedy picks, the number that scored best on held-out halves of validation"
+        return f"{size} greedy picks, the number that scored best {where}"
     return f"{size} greedy picks"
