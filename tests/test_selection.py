@@ -185,3 +185,20 @@ def test_a_walk_by_log_loss_takes_the_candidate_with_the_lowest_log_loss_at_each
         assert np.isclose(losses[chosen.picks[k]], min(losses), rtol=1e-5)
     with pytest.raises(ValueError, match="by must be"):
         selection.select(probs, labels, by="f1")
+
+
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        ({"size": 8}, "8 greedy picks"),
+        ({"size": 2}, "the plain average of the best 2"),  # inside the sorted initialisation
+        ({"size": 1, "size_chosen_on": "h"}, "the best trial alone, which scored best on held"),
+        (
+            {"size": 5, "rule": "average of the best", "size_chosen_on": "h"},
+            "average of the best 5",
+        ),
+        ({"size": 19, "rule": "greedy", "size_chosen_on": "h"}, "19 greedy picks, which scored"),
+    ],
+)
+def test_how_the_size_was_set_is_said_in_words(record: dict, words: str) -> None:  # type: ignore[type-arg]
+    assert selection.how(record).startswith(words) or words in selection.how(record)

@@ -71,7 +71,7 @@ def ensemble(
         return
     typer.echo(
         f"ensemble of {len(result['members'])} trials chosen from {result['candidates']} kept "
-        f"trials of {', '.join(result['studies'])} ({how(result)}; test never read)"
+        f"trials of {', '.join(result['studies'])} ({how(result)}; chosen on validation only)"
     )
     typer.echo(f"  {'study':<20} {'trial':>5} {'weight':>7} {'val':>8} {'test':>8}")
     for m in result["members"]:

@@ -218,8 +218,12 @@ def _score(
 def how(record: Mapping[str, Any]) -> str:
     """How an ensemble record's size was set, in words for the CLI and the report."""
     size, where = record["size"], "on held-out halves of validation"
-    if record.get("rule") == "average of the best":
-        return f"the plain average of the best {size}, which scored best {where}"
-    if record.get("size_chosen_on"):
-        return f"{size} greedy picks, the number that scored best {where}"
-    return f"{size} greedy picks"
+    averaged = record.get("rule") == "average of the best" or size <= N_INIT  # no greedy step
+    what = (
+        "the best trial alone"
+        if size == 1
+        else f"the plain average of the best {size}"
+        if averaged
+        else f"{size} greedy picks"
+    )
+    return f"{what}, which scored best {where}" if record.get("size_chosen_on") else what
