@@ -16,6 +16,7 @@ from mnist_hpo.errors import HpoError, Interrupted
 from mnist_hpo.settings import Settings, default_storage_url
 from mnist_hpo.view.live import fmt_params as fmt_params
 from mnist_hpo.view.live import pct as pct
+from mnist_hpo.view.live import trials as trials
 
 if TYPE_CHECKING:
     pass

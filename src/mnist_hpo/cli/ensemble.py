@@ -17,6 +17,7 @@ from mnist_hpo.cli.common import (
     command,
     pct,
     storage_url,
+    trials,
 )
 from mnist_hpo.settings import default_artifacts
 
@@ -70,7 +71,7 @@ def ensemble(
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(
-        f"ensemble of {len(result['members'])} trials chosen from {result['candidates']} kept "
+        f"ensemble of {trials(len(result['members']))} chosen from {result['candidates']} kept "
         f"trials of {', '.join(result['studies'])} ({how(result)}; chosen on validation only)"
     )
     typer.echo(f"  {'study':<20} {'trial':>5} {'weight':>7} {'val':>8} {'test':>8}")

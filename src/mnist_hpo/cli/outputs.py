@@ -21,6 +21,7 @@ from mnist_hpo.cli.common import (
     pct,
     reading,
     storage_url,
+    trials,
 )
 from mnist_hpo.settings import default_artifacts
 
@@ -148,7 +149,7 @@ def export_best(
         done = found.export_best(output, ensemble=True, **options)
         m = done.meta
         typer.echo(
-            f"wrote {done.path}: ensemble of {len(m['members'])} trials of "
+            f"wrote {done.path}: ensemble of {trials(len(m['members']))} of "
             f"{', '.join(m['recorded']['studies'])} ({m['n_params']:,} parameters) in "
             f"{time.perf_counter() - started:.1f} s"
         )
@@ -220,7 +221,7 @@ def predict(
     m = loaded.meta
     if not as_json and loaded.is_ensemble:
         typer.echo(
-            f"model: ensemble of {len(m['members'])} trials of "
+            f"model: ensemble of {trials(len(m['members']))} of "
             f"{', '.join(m['recorded']['studies'])}, validation "
             f"{pct(m['validation_accuracy'])}, test {pct(m['test_accuracy'])}"
         )

@@ -189,8 +189,9 @@ def status_line(study: optuna.Study) -> str | None:
     if e is None:
         return None
     single = (e.get("best_single") or {}).get("test_accuracy")
+    n, of = len(e["members"]), ", ".join(e["studies"])
     return (
-        f"ensemble: {len(e['members'])} trials of {', '.join(e['studies'])} (size {e['size']}), "
+        f"ensemble: {n} trial{'' if n == 1 else 's'} of {of} (size {e['size']}), "
         f"validation {100 * e['val_accuracy']:.2f}%, test {100 * e['test_accuracy']:.2f}% "
         f"(best single trial's test {'-' if single is None else f'{100 * single:.2f}%'})"
     )

@@ -50,6 +50,11 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def trials(n: int) -> str:
+    """ "1 trial", "3 trials"."""
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
 def fmt_params(params: Mapping[str, Any], keys: tuple[str, ...] = ()) -> str:
     """`k=v` pairs, `keys` first, then the rest by name; floats to 3 significant digits."""
 
