@@ -48,11 +48,11 @@ def ensemble(
 ) -> None:
     """Combine the studies' kept trials into a weighted ensemble, chosen on validation only.
 
-    Caruana's ensemble selection: the 3 best trials, then greedy picks with replacement, as
-    many as generalise to held-out halves of validation (or SIZE), each trial weighted by how
-    often it was picked. The test accuracy is measured once,
-    after the selection. The result is recorded on the first study (status, best --json,
-    report, export-best --ensemble).
+    Caruana's ensemble selection: the 3 best trials, then greedy picks with replacement, each
+    trial weighted by how often it was picked; as many picks (or the plain average of as many
+    best trials) as score best on held-out halves of validation, or SIZE picks. The test
+    accuracy is measured once, after the selection. The result is recorded on the first study
+    (status, best --json, report, export-best --ensemble).
     """
     from mnist_hpo.api import studies as api
     from mnist_hpo.outputs.selection import how

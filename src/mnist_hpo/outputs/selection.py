@@ -93,11 +93,7 @@ def select(
     if not usable.any():
         raise ValueError("every candidate's probabilities are NaN or infinite (diverged)")
     labels = np.asarray(val_labels, dtype=np.int64)
-    rows = np.arange(len(labels))
-    right = stack[:, rows, labels]  # (M, N): each model's probability of the true class
-    correct = (stack.argmax(axis=2) == labels).sum(axis=1)
-    log_loss = -np.log(np.clip(right, EPS, None)).mean(axis=1)
-    order = sorted(range(len(stack)), key=lambda m: (not usable[m], -correct[m], log_loss[m], m))
+    order, right = _ranking(stack, usable, labels)
     picks = order[: min(n_init, size)]
     total, total_right = stack[picks].sum(axis=0), right[picks].sum(axis=0)
     trajectory = [
@@ -120,6 +116,18 @@ def select(
         total_right += right[m]
         trajectory.append((float(hits[m]) / len(labels), float(losses[m])))
     return Selection(picks, [a for a, _ in trajectory], [ll for _, ll in trajectory])
+
+
+def _ranking(
+    stack: np.ndarray, usable: np.ndarray, labels: np.ndarray
+) -> tuple[list[int], np.ndarray]:
+    """The candidates best first (usable ones first, then by accuracy, log-loss, index), and
+    each one's probability of the true class, (M, N)."""
+    right = stack[:, np.arange(len(labels)), labels]
+    correct = (stack.argmax(axis=2) == labels).sum(axis=1)
+    log_loss = -np.log(np.clip(right, EPS, None)).mean(axis=1)
+    order = sorted(range(len(stack)), key=lambda m: (not usable[m], -correct[m], log_loss[m], m))
+    return order, right
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,9 @@ def choose_size(
     both on the other half, both ways over `splits` halvings (see the module docstring)."""
     labels = np.asarray(val_labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    whole = np.stack([p.astype(np.float32) for p in val_probs])  # converted once, not 10 times
-    top = max(1, min(max_size, int(np.isfinite(whole).all(axis=(1, 2)).sum())))
+    whole = _stacked(val_probs)  # converted to float32 once, not once per walk
+    usable = np.isfinite(whole).all(axis=(1, 2))
+    top = max(1, min(max_size, int(usable.sum())))
     greedy, average = np.zeros(max_size), np.zeros(top)
     for _ in range(splits):
         order = rng.permutation(len(labels))
@@ -170,7 +179,7 @@ def choose_size(
             part = whole[:, fit]
             walk = select(part, labels[fit], size=max_size, n_init=n_init, seed=seed, by=by)
             greedy += _prefix_accuracy(whole[walk.picks][:, held], labels[held])
-            ranked = select(part, labels[fit], size=top, n_init=top, seed=seed).picks
+            ranked = _ranking(part, usable, labels[fit])[0][:top]
             average += _prefix_accuracy(whole[ranked][:, held], labels[held])
     greedy, average = greedy / (2 * splits), average / (2 * splits)
     averaged = bool(average.max() > greedy.max() + 1e-12)  # a tie stays with Caruana's walk

@@ -51,7 +51,7 @@ def pct(x: float | None) -> str:
 
 
 def trials(n: int) -> str:
-    """ "1 trial", "3 trials"."""
+    """'1 trial', '3 trials'."""
     return f"{n} trial" if n == 1 else f"{n} trials"
 
 
