@@ -136,16 +136,9 @@ def choose(
         running += tests[i]
         test_by_size.append(selection.accuracy(running / k, test_labels))
     kept = chosen.picks[:keep]
-    final = selection.Selection(kept, chosen.val_accuracy, chosen.val_log_loss)
-    alone = {i: selection.accuracy(tests[i], test_labels) for i in final.weights}
-    return Outcome(
-        kept,
-        final.weights,
-        chosen.val_accuracy,
-        test_by_size,
-        alone,
-        sized,
-    )
+    weights = selection.weights(kept)
+    alone = {i: selection.accuracy(tests[i], test_labels) for i in weights}
+    return Outcome(kept, weights, chosen.val_accuracy, test_by_size, alone, sized)
 
 
 def labels(

@@ -52,9 +52,13 @@ class Selection:
 
     @property
     def weights(self) -> dict[int, float]:
-        """Candidate index -> its share of the picks, in order of first pick."""
-        counts = Counter(self.picks)
-        return {i: counts[i] / len(self.picks) for i in dict.fromkeys(self.picks)}
+        return weights(self.picks)
+
+
+def weights(picks: Sequence[int]) -> dict[int, float]:
+    """Candidate index -> its share of the picks, in order of first pick."""
+    counts = Counter(picks)
+    return {i: counts[i] / len(picks) for i in dict.fromkeys(picks)}
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
