@@ -292,3 +292,26 @@ def test_the_json_log_has_a_record_per_event(env: dict[str, str]) -> None:
     assert sorted(epochs) == [(n, e) for n in range(4) for e in (1, 2)]
     assert records[-1]["event"] == "study" and records[-1]["spent"] == 4
     assert records[-1]["finished"] == "its budget of 4 trials is spent"
+
+
+def test_readme_commands_table_names_every_command_and_work_option() -> None:
+    """The README's Commands table is the front door's reference: a command or a `work` option
+    missing from it (the `work` row was once lost in an edit) fails here, not with a user."""
+    import typer.main
+
+    from conftest import ROOT
+    from mnist_hpo.cli import app
+
+    rows = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| `")]
+    named = {m for ln in rows for m in re.findall(r"`([a-z][a-z-]*)[ `]", ln.split(" | ")[0])}
+    group = typer.main.get_group(app)
+    missing = sorted(set(group.commands) - named)
+    assert not missing, f"commands missing from the README's table: {missing}"
+    work_rows = " ".join(ln.split(" | ")[0] for ln in rows if ln.startswith("| `work STUDY"))
+    params = [p for p in group.commands["work"].params if not getattr(p, "hidden", False)]
+    options = {opt for p in params for opt in p.opts if opt.startswith("--")}
+    # Where data comes from and whether to wait are the data/budget commands' business; the
+    # storage is every command's, said once under Concepts.
+    left_out = {"--cache", "--download", "--wait", "--storage", "--verbose", "--keep"}
+    missing = sorted(o for o in options - left_out if o not in work_rows)
+    assert not missing, f"work options missing from the README's work rows: {missing}"

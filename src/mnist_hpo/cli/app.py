@@ -7,14 +7,11 @@ and calls one library function; everything it prints is formatted in this packag
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from mnist_hpo import __version__
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(
     name="mnist-hpo",
