@@ -1,0 +1,121 @@
+"""Do shifted views of each image (test-time augmentation) make the kept trials better members,
+judged without the test split?
+
+For every kept trial with weights, the validation probabilities are recomputed on the image and
+on copies shifted by `--shift` pixels up, down, left and right (5 views, averaged). The
+shipped selection (`selection.choose_size`, then `select`) then runs on one random half of
+validation and is scored on the other half, both ways over `--splits` halvings, once on the
+kept (one-view) probabilities and once on the 5-view ones; the best single trial by the fitting
+half is scored the same way. Test images, labels and probabilities are never read, so whether
+to adopt TTA can be decided from these figures alone.
+
+    MNIST_HPO_STORAGE=sqlite:///runs.db MNIST_HPO_ARTIFACTS=art MNIST_HPO_DATA=/path/to/mnist \\
+        .venv/bin/python benchmarks/ensemble_tta.py cnn [--shift 1] [--splits 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from common import machine
+from mnist_hpo.ml import data as data_mod
+from mnist_hpo.ml.predictions import probabilities
+from mnist_hpo.outputs import ensemble, model_file, selection
+from mnist_hpo.resilience.artifacts import open_store
+from mnist_hpo.resilience.storage import open_storage
+from mnist_hpo.search import kept as kept_mod
+from mnist_hpo.search import study as study_mod
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int, background: float) -> torch.Tensor:
+    """`x` (N, 1, 28, 28) moved by (dy, dx) pixels, the uncovered border set to background."""
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(x, (p, p, p, p), value=background)
+    h, w = x.shape[-2:]
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
+def views(x: torch.Tensor, shift: int, background: float) -> list[torch.Tensor]:
+    moves = [(0, 0), (shift, 0), (-shift, 0), (0, shift), (0, -shift)]
+    return [shifted(x, dy, dx, background) for dy, dx in moves]
+
+
+def held_out(probs: list[np.ndarray], labels: np.ndarray, splits: int) -> dict[str, list[float]]:
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {"shipped selection": [], "best single": []}
+    for _ in range(splits):
+        order = rng.permutation(len(labels))
+        halves = order[: len(labels) // 2], order[len(labels) // 2 :]
+        for fit, score in (halves, halves[::-1]):
+            on_fit = [p[fit] for p in probs]
+            sized = selection.choose_size(on_fit, labels[fit])
+            n_init = sized.size if sized.averaged else 3
+            picked = selection.select(on_fit, labels[fit], size=sized.size, n_init=n_init)
+            mixed = sum(probs[i][score] * w for i, w in picked.weights.items())
+            scores["shipped selection"].append(selection.accuracy(mixed, labels[score]))
+            best = max(range(len(probs)), key=lambda i: selection.accuracy(on_fit[i], labels[fit]))
+            scores["best single"].append(selection.accuracy(probs[best][score], labels[score]))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("studies", nargs="+")
+    parser.add_argument("--shift", type=int, default=1, help="pixels each shifted view moves")
+    parser.add_argument("--splits", type=int, default=10, help="random halvings (each both ways)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    storage = open_storage(os.environ["MNIST_HPO_STORAGE"], must_exist=True)
+    artifacts = os.environ["MNIST_HPO_ARTIFACTS"]
+    pool = ensemble.gather(storage, args.studies)
+    kept = kept_mod.Kept(open_store(artifacts), artifacts)
+    data_dir = Path(os.environ["MNIST_HPO_DATA"]) if os.environ.get("MNIST_HPO_DATA") else None
+    raw = data_mod.load(pool.dataset, data_dir)
+    labels = raw.train_labels[len(raw.train_labels) - pool.validation_size :].numpy()
+    one_view, five_views, seconds = [], [], 0.0
+    for c in pool.candidates:
+        weights = kept.weights(c.trial)
+        if weights is None:
+            continue
+        _, spec = study_mod.load(storage, c.study)
+        model = model_file.rebuild(spec, c.trial.params, torch.device("cpu"))
+        model.load_state_dict(dict(weights))
+        data = data_mod.split(raw, validation_size=spec.validation_size, train_size=spec.train_size)
+        outputs = str(kept_mod.of(c.trial)["outputs"])  # type: ignore[index]
+        background = float(data.val_x.min())  # a black pixel, standardised
+        start = time.perf_counter()
+        each = [probabilities(model, v, outputs) for v in views(data.val_x, args.shift, background)]
+        seconds += time.perf_counter() - start
+        recorded = kept.probabilities(c.trial, "val")
+        assert np.array_equal(each[0], recorded), "the one-view probabilities are not the kept ones"
+        one_view.append(recorded.astype(np.float32))
+        five_views.append(np.mean([e.astype(np.float32) for e in each], axis=0))
+    print(machine())
+    print(
+        f"{len(one_view)} kept trials with weights of {', '.join(args.studies)}; 5 views of "
+        f"{len(labels)} validation images: {seconds / len(one_view):.1f} s a trial"
+    )
+    singles = [selection.accuracy(p, labels) for p in one_view]
+    tta = [selection.accuracy(p, labels) for p in five_views]
+    print(
+        f"whole validation, mean over trials: one view {100 * np.mean(singles):.3f}%, "
+        f"5 views {100 * np.mean(tta):.3f}% (best {100 * max(singles):.2f}% -> "
+        f"{100 * max(tta):.2f}%)"
+    )
+    for name, probs in (("one view", one_view), (f"5 views, shift {args.shift}", five_views)):
+        for rule, accs in held_out(probs, labels, args.splits).items():
+            print(
+                f"{name:18s} {rule:18s} held-out validation {100 * np.mean(accs):.3f}% "
+                f"(sd {100 * np.std(accs):.3f} over {len(accs)} halves)"
+            )
+
+
+if __name__ == "__main__":
+    main()
