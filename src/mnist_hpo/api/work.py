@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from mnist_hpo.events import from_record
+from mnist_hpo.errors import EnvironmentFault, Interrupted
+from mnist_hpo.events import WorkerDone, from_record
 from mnist_hpo.settings import Settings
 from mnist_hpo.view.live import Board, Poller, Reporter, View
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from mnist_hpo.search.progress import Snapshot
 
 Progress = Callable[[str, int, int | None], None]  # a download's (file, bytes done, total)
+ExitNow = Callable[[int, str], NoReturn]  # the caller's last word on a second signal: (code, text)
 
 
 def open_view(url: str, study: str, report: Reporter, board: Board, *, label: str = "") -> View:
@@ -65,6 +67,55 @@ def relay_line(view: View, label: str, text: str, err: bool) -> None:
         view.text(text if err else f"[{label}] {text}", err=err)
         return
     view(event, label, record.get("ts"))
+
+
+def run_here(
+    url: str,
+    study: str,
+    options: WorkOptions,
+    settings: Settings,
+    *,
+    view: View,
+    exit_now: ExitNow,
+    label: str = "",
+    download_progress: Progress | None = None,
+) -> int:
+    """One worker in this process until it ends (`mnist-hpo work` without `--jobs`, and each
+    of `--jobs N`'s processes, whose `label` says which); 0, or Interrupted / EnvironmentFault
+    after the trial was handed back. A first SIGINT / SIGTERM finishes the epoch and hands the
+    trial back; a second, or the stop deadline, calls `exit_now(code, text)`, which must end
+    the process without unwinding (the main thread may be deep inside a training step)."""
+    import torch
+
+    from mnist_hpo.fleet import worker
+    from mnist_hpo.resilience import stop as stop_mod
+
+    if options.threads:
+        torch.set_num_threads(options.threads)  # this process is this worker: set it once here
+    stop = stop_mod.Stop(settings.stop_wait, note=view.note, exit_now=exit_now)
+    uninstall = stop_mod.install(stop)
+    try:
+        summary = worker.run(
+            url,
+            study,
+            options,
+            settings,
+            listener=view,
+            stop=stop,
+            download_progress=download_progress,
+        )
+    except Interrupted as e:
+        if label:  # say which of `--jobs N`'s workers this is
+            raise Interrupted(f"[{label}] {e}", e.signum) from None
+        raise
+    except EnvironmentFault as e:
+        if label:
+            raise EnvironmentFault(f"[{label}] {e.problem}", e.advice, e.outcome) from None
+        raise
+    finally:
+        uninstall()
+    view(WorkerDone(summary.trials, summary.seconds, summary.stop_reason))
+    return 0
 
 
 def run_processes(

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from mnist_hpo.api.work import open_view, run_processes
-from mnist_hpo.errors import EnvironmentFault, Interrupted, UsageError
-from mnist_hpo.events import WorkerDone
+from mnist_hpo.api.work import open_view, run_here, run_processes
+from mnist_hpo.errors import UsageError
 from mnist_hpo.fleet.cores import threads_per_job
 from mnist_hpo.settings import Settings, default_artifacts
 from mnist_hpo.view.live import FORMATS, Board, JsonReporter, View, reporter
@@ -190,7 +189,16 @@ def _work(
         if not label:
             view.note(f"storage: {redact(url)}")
         if jobs == 1 and ray is None:
-            return _work_here(url, study, options, settings, view, label, log_format)
+            return run_here(
+                url,
+                study,
+                options,
+                settings,
+                view=view,
+                exit_now=_exit_now(label, view),
+                label=label,
+                download_progress=None if log_format == "json" else download_bar(),
+            )
         code = _work_many(url, study, options, settings, jobs, verbose, ray, view)
     finally:
         view.close(final=log_format == "json")
@@ -230,48 +238,6 @@ def _work_many(
         download_progress=progress,
         ray=ray,
     )
-
-
-def _work_here(
-    url: str,
-    study: str,
-    options: WorkOptions,
-    settings: Settings,
-    view: View,
-    label: str,
-    log_format: str,
-) -> int:
-    import torch
-
-    from mnist_hpo.fleet import worker
-    from mnist_hpo.resilience import stop as stop_mod
-
-    if options.threads:
-        torch.set_num_threads(options.threads)  # this process is this worker: set it once here
-    stop = stop_mod.Stop(settings.stop_wait, note=view.note, exit_now=_exit_now(label, view))
-    uninstall = stop_mod.install(stop)
-    try:
-        summary = worker.run(
-            url,
-            study,
-            options,
-            settings,
-            listener=view,
-            stop=stop,
-            download_progress=None if log_format == "json" else download_bar(),
-        )
-    except Interrupted as e:
-        if label:  # say which of `--jobs N`'s workers this is
-            raise Interrupted(f"[{label}] {e}", e.signum) from None
-        raise
-    except EnvironmentFault as e:
-        if label:
-            raise EnvironmentFault(f"[{label}] {e.problem}", e.advice, e.outcome) from None
-        raise
-    finally:
-        uninstall()
-    view(WorkerDone(summary.trials, summary.seconds, summary.stop_reason))
-    return 0
 
 
 def _exit_now(label: str, view: View) -> Callable[[int, str], NoReturn]:
