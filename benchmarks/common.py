@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,4 +76,32 @@ def machine() -> str:
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch thread(s)"
+    )
+
+
+@dataclass(frozen=True)
+class KeptPool:
+    """The kept trials of studies, as the ensemble benchmarks read them."""
+
+    storage: Any
+    pool: Any  # outputs.ensemble.Pool
+    kept: Any  # search.kept.Kept
+    data_dir: Path | None
+
+
+def kept_pool(studies: list[str]) -> KeptPool:
+    """From MNIST_HPO_STORAGE, MNIST_HPO_ARTIFACTS and (optionally) MNIST_HPO_DATA."""
+    from mnist_hpo.outputs import ensemble
+    from mnist_hpo.resilience.artifacts import open_store
+    from mnist_hpo.resilience.storage import open_storage
+    from mnist_hpo.search.kept import Kept
+
+    storage = open_storage(os.environ["MNIST_HPO_STORAGE"], must_exist=True)
+    artifacts = os.environ["MNIST_HPO_ARTIFACTS"]
+    folder = os.environ.get("MNIST_HPO_DATA")
+    return KeptPool(
+        storage,
+        ensemble.gather(storage, studies),
+        Kept(open_store(artifacts), artifacts),
+        Path(folder) if folder else None,
     )

@@ -15,26 +15,23 @@ labels are never read, so a variant can be chosen from these figures without tou
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import machine
+from common import kept_pool, machine
 from mnist_hpo.outputs import ensemble, selection
-from mnist_hpo.resilience.artifacts import open_store
-from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.search.kept import Kept
 
 AUTO = 0  # picks: chosen by selection.choose_size on the fitting half alone (nested)
+SHIPPED = "shipped: chosen on held-out halves"
+BEST_SINGLE = "plain average of the best 1"
 
 
 def variants(complete: list[bool]) -> Iterator[tuple[str, list[int], int, int, str]]:
     """(name, candidate indices, picks or AUTO, n_init, the greedy steps' score)."""
     every = list(range(len(complete)))
-    yield "shipped: chosen on held-out halves", every, AUTO, 3, "accuracy"
+    yield SHIPPED, every, AUTO, 3, "accuracy"
     yield "best 3, then 25 picks", every, 25, 3, "accuracy"
     yield "LOG-LOSS: best 3, then 25 picks", every, 25, 3, "log_loss"
     yield "LOG-LOSS: picks chosen on halves", every, AUTO, 3, "log_loss"
@@ -44,7 +41,15 @@ def variants(complete: list[bool]) -> Iterator[tuple[str, list[int], int, int, s
         yield f"plain average of the best {k}", every, k, k, "accuracy"
 
 
-def held_out(val: list[np.ndarray], labels: np.ndarray, complete: list[bool], splits: int) -> Any:
+def held_out(
+    val: list[np.ndarray],
+    labels: np.ndarray,
+    complete: list[bool],
+    splits: int,
+    only: set[str] | None = None,
+) -> Any:
+    """Each variant's (or only those named) held-out accuracy on every half, the same halves
+    for every variant (seeded): variant name -> list of accuracies."""
     rng = np.random.default_rng(0)
     scores: dict[str, list[float]] = {}
     for _ in range(splits):
@@ -52,6 +57,8 @@ def held_out(val: list[np.ndarray], labels: np.ndarray, complete: list[bool], sp
         halves = order[: len(labels) // 2], order[len(labels) // 2 :]
         for chosen_on, scored_on in (halves, halves[::-1]):
             for name, cands, size, n_init, by in variants(complete):
+                if only is not None and name not in only:
+                    continue
                 if size == AUTO:  # the shipped default: greedy picks or a plain average
                     fit = [val[i][chosen_on] for i in cands]
                     sized = selection.choose_size(fit, labels[chosen_on], by=by)
@@ -74,11 +81,11 @@ def main() -> None:
     parser.add_argument("studies", nargs="+")
     parser.add_argument("--splits", type=int, default=10, help="random halvings (each both ways)")
     args = parser.parse_args()
-    storage, artifacts = os.environ["MNIST_HPO_STORAGE"], os.environ["MNIST_HPO_ARTIFACTS"]
-    pool = ensemble.gather(open_storage(storage, must_exist=True), args.studies)
-    kept = Kept(open_store(artifacts), artifacts)
-    data = Path(os.environ["MNIST_HPO_DATA"]) if os.environ.get("MNIST_HPO_DATA") else None
-    val_labels, _ = ensemble.labels(pool, data, None, False)  # the test labels stay unused
+    found = kept_pool(args.studies)
+    pool, kept = found.pool, found.kept
+    val_labels, _ = ensemble.labels(
+        pool, found.data_dir, None, False
+    )  # the test labels stay unused
     val = [kept.probabilities(c.trial, "val").astype(np.float32) for c in pool.candidates]
     complete = [c.trial.state.name == "COMPLETE" for c in pool.candidates]
     print(machine())

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-from pathlib import Path
 
 import numpy as np
 
+from common import kept_pool
 from mnist_hpo.outputs import ensemble
-from mnist_hpo.resilience.artifacts import open_store
-from mnist_hpo.resilience.storage import open_storage
-from mnist_hpo.search.kept import Kept
 
 
 def overlaps(wrong: list[set[int]]) -> list[float]:
@@ -35,13 +31,9 @@ def main() -> None:
     parser.add_argument("studies", nargs="+")
     parser.add_argument("--min-val", type=float, default=0.99, help="complete trials above this")
     args = parser.parse_args()
-    artifacts = os.environ["MNIST_HPO_ARTIFACTS"]
-    pool = ensemble.gather(
-        open_storage(os.environ["MNIST_HPO_STORAGE"], must_exist=True), args.studies
-    )
-    kept = Kept(open_store(artifacts), artifacts)
-    data = Path(os.environ["MNIST_HPO_DATA"]) if os.environ.get("MNIST_HPO_DATA") else None
-    labels, _ = ensemble.labels(pool, data, None, False)  # the test labels stay unused
+    found = kept_pool(args.studies)
+    pool, kept = found.pool, found.kept
+    labels, _ = ensemble.labels(pool, found.data_dir, None, False)  # the test labels stay unused
     members = [
         c
         for c in pool.candidates

@@ -18,20 +18,17 @@ read, so whether to adopt TTA can be decided from these figures alone.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common import machine
+from common import kept_pool, machine
+from ensemble_holdout import BEST_SINGLE, SHIPPED, held_out
 from mnist_hpo.ml import data as data_mod
 from mnist_hpo.ml.predictions import probabilities
-from mnist_hpo.outputs import ensemble, model_file, selection
-from mnist_hpo.resilience.artifacts import open_store
-from mnist_hpo.resilience.storage import open_storage
+from mnist_hpo.outputs import model_file, selection
 from mnist_hpo.search import kept as kept_mod
 from mnist_hpo.search import study as study_mod
 
@@ -61,24 +58,6 @@ def views(x: torch.Tensor, shift: int, rotate: float, background: float) -> list
     return [shifted(x, dy, dx, background) for dy, dx in moves]
 
 
-def held_out(probs: list[np.ndarray], labels: np.ndarray, splits: int) -> dict[str, list[float]]:
-    rng = np.random.default_rng(0)
-    scores: dict[str, list[float]] = {"shipped selection": [], "best single": []}
-    for _ in range(splits):
-        order = rng.permutation(len(labels))
-        halves = order[: len(labels) // 2], order[len(labels) // 2 :]
-        for fit, score in (halves, halves[::-1]):
-            on_fit = [p[fit] for p in probs]
-            sized = selection.choose_size(on_fit, labels[fit])
-            n_init = sized.size if sized.averaged else 3
-            picked = selection.select(on_fit, labels[fit], size=sized.size, n_init=n_init)
-            mixed = sum(probs[i][score] * w for i, w in picked.weights.items())
-            scores["shipped selection"].append(selection.accuracy(mixed, labels[score]))
-            best = max(range(len(probs)), key=lambda i: selection.accuracy(on_fit[i], labels[fit]))
-            scores["best single"].append(selection.accuracy(probs[best][score], labels[score]))
-    return scores
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("studies", nargs="+")
@@ -87,23 +66,24 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=10, help="random halvings (each both ways)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the worker that kept the probabilities: the same sums, exactly
-    storage = open_storage(os.environ["MNIST_HPO_STORAGE"], must_exist=True)
-    artifacts = os.environ["MNIST_HPO_ARTIFACTS"]
-    pool = ensemble.gather(storage, args.studies)
-    kept = kept_mod.Kept(open_store(artifacts), artifacts)
-    data_dir = Path(os.environ["MNIST_HPO_DATA"]) if os.environ.get("MNIST_HPO_DATA") else None
-    raw = data_mod.load(pool.dataset, data_dir)
-    labels = raw.train_labels[len(raw.train_labels) - pool.validation_size :].numpy()
+    found = kept_pool(args.studies)
+    pool, kept = found.pool, found.kept
+    raw = data_mod.load(pool.dataset, found.data_dir)
+    study_mod.check_data(pool.studies[0][0], raw, record=False)
+    splits: dict[tuple[int, int], data_mod.Data] = {}  # one standardised split per data shape
     label = f"rotate {args.rotate:g} deg" if args.rotate else f"shift {args.shift} px"
     one_view, many_views, seconds = [], [], 0.0
     for c in pool.candidates:
         weights = kept.weights(c.trial)
         if weights is None:
             continue
-        _, spec = study_mod.load(storage, c.study)
+        _, spec = study_mod.load(found.storage, c.study)
         model = model_file.rebuild(spec, c.trial.params, torch.device("cpu"))
         model.load_state_dict(dict(weights))
-        data = data_mod.split(raw, validation_size=spec.validation_size, train_size=spec.train_size)
+        shape = (spec.validation_size, spec.train_size)
+        if shape not in splits:
+            splits[shape] = data_mod.split(raw, validation_size=shape[0], train_size=shape[1])
+        data = splits[shape]
         outputs = str(kept_mod.of(c.trial)["outputs"])  # type: ignore[index]
         background = float(data.val_x.min())  # a black pixel, standardised
         start = time.perf_counter()
@@ -116,6 +96,7 @@ def main() -> None:
         assert np.array_equal(each[0], recorded), "the one-view probabilities are not the kept ones"
         one_view.append(recorded.astype(np.float32))
         many_views.append(np.mean([e.astype(np.float32) for e in each], axis=0))
+    labels = next(iter(splits.values())).val_y.numpy()  # one validation split for the pool
     print(machine())
     print(
         f"{len(one_view)} kept trials with weights of {', '.join(args.studies)}; views ({label}) "
@@ -133,8 +114,11 @@ def main() -> None:
         (label, many_views),
         ("both as candidates", one_view + many_views),
     )
+    rules = {SHIPPED: "shipped selection", BEST_SINGLE: "best single"}
     for name, probs in pools:
-        for rule, accs in held_out(probs, labels, args.splits).items():
+        scores = held_out(probs, labels, [True] * len(probs), args.splits, only=set(rules))
+        for variant, rule in rules.items():
+            accs = scores[variant]
             print(
                 f"{name:18s} {rule:18s} held-out validation {100 * np.mean(accs):.3f}% "
                 f"(sd {100 * np.std(accs):.3f} over {len(accs)} halves)"
