@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from mnist_hpo.api.work import open_view, run_here, run_processes
+from mnist_hpo.api.work import ExitNow, open_view, run_here, run_processes
 from mnist_hpo.errors import UsageError
 from mnist_hpo.fleet.cores import threads_per_job
 from mnist_hpo.settings import Settings, default_artifacts
@@ -240,7 +239,7 @@ def _work_many(
     )
 
 
-def _exit_now(label: str, view: View) -> Callable[[int, str], NoReturn]:
+def _exit_now(label: str, view: View) -> ExitNow:
     """For a second Ctrl-C / SIGTERM or the stop watchdog: one last line, then exit without
     unwinding anything (the main thread may be deep inside a training step)."""
 
