@@ -88,6 +88,13 @@ class KeptPool:
     kept: Any  # search.kept.Kept
     data_dir: Path | None
 
+    def val_labels(self) -> Any:
+        """The pool's validation labels, its data checked against its fingerprint; the test
+        labels that come with them stay unused."""
+        from mnist_hpo.outputs import ensemble
+
+        return ensemble.labels(self.pool, self.data_dir, None, False)[0]
+
 
 def kept_pool(studies: list[str]) -> KeptPool:
     """From MNIST_HPO_STORAGE, MNIST_HPO_ARTIFACTS and (optionally) MNIST_HPO_DATA."""

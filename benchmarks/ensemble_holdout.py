@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from common import kept_pool, machine
-from mnist_hpo.outputs import ensemble, selection
+from mnist_hpo.outputs import selection
 
 AUTO = 0  # picks: chosen by selection.choose_size on the fitting half alone (nested)
 SHIPPED = "shipped: chosen on held-out halves"
@@ -83,9 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     found = kept_pool(args.studies)
     pool, kept = found.pool, found.kept
-    val_labels, _ = ensemble.labels(
-        pool, found.data_dir, None, False
-    )  # the test labels stay unused
+    val_labels = found.val_labels()
     val = [kept.probabilities(c.trial, "val").astype(np.float32) for c in pool.candidates]
     complete = [c.trial.state.name == "COMPLETE" for c in pool.candidates]
     print(machine())

@@ -18,7 +18,6 @@ import itertools
 import numpy as np
 
 from common import kept_pool
-from mnist_hpo.outputs import ensemble
 
 
 def overlaps(wrong: list[set[int]]) -> list[float]:
@@ -33,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     found = kept_pool(args.studies)
     pool, kept = found.pool, found.kept
-    labels, _ = ensemble.labels(pool, found.data_dir, None, False)  # the test labels stay unused
+    labels = found.val_labels()
     members = [
         c
         for c in pool.candidates
