@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -17,9 +18,6 @@ from mnist_hpo.settings import Settings, default_storage_url
 from mnist_hpo.view.live import fmt_params as fmt_params
 from mnist_hpo.view.live import pct as pct
 from mnist_hpo.view.live import trials as trials
-
-if TYPE_CHECKING:
-    pass
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,7 +140,8 @@ def error(message: str) -> None:
 
 
 def command(fn: F) -> F:
-    """Turn HpoError into one red line and its exit code, Ctrl-C into exit 130."""
+    """Turn HpoError into one red line and its exit code, Ctrl-C into exit 130; give `--help`
+    the docstring's paragraphs unwrapped (help_text)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -158,7 +157,20 @@ def command(fn: F) -> F:
             error("interrupted")
             raise typer.Exit(130) from None
 
+    wrapper.__doc__ = help_text(fn.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+def help_text(doc: str | None) -> str:
+    """A command's docstring as `--help` shows it. Typer's rich help keeps every line break
+    after the first paragraph, so source lines up to 100 columns long broke again at 80 in a
+    terminal: one paragraph per line lets rich wrap to the terminal's width. A paragraph that
+    starts with click's \\b marker (sample output) keeps its lines, without the marker."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(
+        p.removeprefix("\b").strip("\n") if p.startswith("\b") else " ".join(p.split())
+        for p in paragraphs
+    )
 
 
 @contextlib.contextmanager
