@@ -165,6 +165,8 @@ def test_delete_asks_first(tmp_path: Path) -> None:
 
     r = CliRunner().invoke(app, ["delete-study", "cnn", "--storage", db], input="n\n")
     assert r.exit_code == 2 and "not deleted" in r.output
+    # The trained models go with the study: the question says so before anything is lost.
+    assert "kept weights and probabilities?" in r.output
     assert "cnn" in _run_here("list", "--storage", db).stdout
 
 

@@ -356,14 +356,18 @@ def delete_study(
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Delete a study and all its trials, and the checkpoint files its trials left behind."""
+    """Delete a study, all its trials and every file they keep in the artifact store: the
+    kept weights and probabilities (export-best and ensemble read them) and the checkpoints of
+    unfinished trials."""
     from mnist_hpo.api import studies as api
     from mnist_hpo.resilience.storage import redact
 
     url = storage_url(storage)
     location = artifacts or default_artifacts()
     found = api.load_study(study, storage=url)
-    if not yes and not typer.confirm(f"delete study {study!r} and all its trials?"):
+    if not yes and not typer.confirm(
+        f"delete study {study!r}, all its trials and their kept weights and probabilities?"
+    ):
         raise UsageError("not deleted")
     removed = found.delete(artifacts=location)
     typer.echo(f"deleted study {study!r} from {redact(url)}")
