@@ -133,3 +133,26 @@ def test_bad_inputs_are_one_sentence_each(tmp_path: Path) -> None:
     other = optuna.load_study(study_name="b", storage=url)
     other.set_user_attr(study_mod.DATA_ATTR, {"kind": "mnist", "fingerprint": "g", "source": "y"})
     _one_line_error(cli("ensemble", "a", "b", env=env), 2, "different data or validation")
+
+
+def test_deleting_a_member_study_says_which_ensembles_it_breaks(tmp_path: Path) -> None:
+    """An ensemble over two studies outlives neither: deleting one names the study whose
+    recorded ensemble lost members, and exporting that ensemble says to choose again instead
+    of "no study named ..., create it"."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    env = {"MNIST_HPO_STORAGE": url, "MNIST_HPO_ARTIFACTS": str(tmp_path / "art")}
+    for name in ("a", "b", "c"):
+        _fake_study(url, tmp_path, name, BODY.format(v=1000), [KEPT])
+    members = [{"study": s, "trial": 0, "weight": 0.5} for s in ("a", "b")]
+    for name in ("a", "c"):  # c's ensemble has no member from b
+        on = [m for m in members if name == "a" or m["study"] == "a"]
+        optuna.load_study(study_name=name, storage=url).set_user_attr(
+            "ensemble", {"members": on, "studies": sorted({m["study"] for m in on})}
+        )
+    r = cli("delete-study", "b", "--yes", env=env)
+    assert r.exit_code == 0, r.stderr
+    assert "study 'a' records an ensemble with members from 'b'" in r.stdout
+    assert "study 'c'" not in r.stdout
+    _one_line_error(
+        cli("export-best", "a", "--ensemble", env=env), 1, "has members from b, no longer in"
+    )

@@ -154,6 +154,8 @@ class Removed:
 
     checkpoints: int  # checkpoint files unfinished trials left
     kept: int  # weights and probabilities files finished trials kept
+    # Other studies whose recorded ensemble had members from this one: no longer exportable.
+    ensembles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -445,15 +445,18 @@ class Study:
         how many files of each were removed."""
         from mnist_hpo.search import study as study_mod
         from mnist_hpo.search.checkpoints import Checkpoints
-        from mnist_hpo.search.kept import Kept
+        from mnist_hpo.search.kept import Kept, ensembles_using
 
         location = artifacts or defaults().artifacts
         checkpoints = Checkpoints.at(location)
         with storage_calls("deleting the study"):
-            trials = study_mod.delete(_open(self.url), self.name)
+            storage = _open(self.url)
+            trials = study_mod.delete(storage, self.name)
+            using = ensembles_using(storage, self.name)
         return Removed(
             checkpoints=checkpoints.remove_trials(trials, self.spec.epochs),
             kept=Kept(checkpoints.store, location).remove_trials(trials),
+            ensembles=tuple(using),
         )
 
     def work(

@@ -377,6 +377,12 @@ def delete_study(
         )
     if removed.kept:
         typer.echo(f"removed {removed.kept} kept weights and probabilities file(s) from {location}")
+    for other in removed.ensembles:
+        typer.secho(
+            f"study {other!r} records an ensemble with members from {study!r}: run "
+            f"`mnist-hpo ensemble {other}` again before exporting it",
+            fg=typer.colors.YELLOW,
+        )
 
 
 @app.command()

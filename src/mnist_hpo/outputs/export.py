@@ -36,7 +36,7 @@ from mnist_hpo.resilience.artifacts import open_store
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import build_trial, trial_seed
-from mnist_hpo.search.kept import Kept, recorded_ensemble
+from mnist_hpo.search.kept import Kept, member_studies, recorded_ensemble
 from mnist_hpo.search.spec import StudySpec
 
 Message = Callable[[str], None]
@@ -236,6 +236,13 @@ def export_ensemble(
         raise HpoError(
             f"study {study_name!r} has no ensemble recorded; run `mnist-hpo ensemble "
             f"{study_name}` first"
+        )
+    gone = sorted(member_studies(chosen) - set(optuna.get_all_study_names(storage)))
+    if gone:
+        raise HpoError(
+            f"the ensemble recorded on {study_name!r} has members from {', '.join(gone)}, no "
+            f"longer in the storage; run `mnist-hpo ensemble {study_name}` again to choose "
+            "from what is left"
         )
     raw = data_mod.load(
         spec.dataset, data_dir, cache_dir=cache_dir, download=download, message=message

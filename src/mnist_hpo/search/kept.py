@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_hpo.resilience.artifacts import ArtifactStore
@@ -181,6 +182,23 @@ def recorded_ensemble(study: optuna.Study) -> dict[str, Any] | None:
     """The ensemble `mnist-hpo ensemble` recorded on this study, if any."""
     value = study.user_attrs.get(ENSEMBLE_ATTR)
     return value if isinstance(value, dict) else None
+
+
+def member_studies(recorded: dict[str, Any]) -> set[str]:
+    """The studies whose trials a recorded ensemble has as members."""
+    return {str(m["study"]) for m in recorded["members"]}
+
+
+def ensembles_using(storage: BaseStorage, name: str) -> list[str]:
+    """The other studies whose recorded ensemble has members from study `name` (after it is
+    deleted, those ensembles can no longer be exported)."""
+    return sorted(
+        s.study_name
+        for s in storage.get_all_studies()
+        if s.study_name != name
+        and isinstance(e := s.user_attrs.get(ENSEMBLE_ATTR), dict)
+        and name in member_studies(e)
+    )
 
 
 def status_line(study: optuna.Study) -> str | None:
