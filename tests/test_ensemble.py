@@ -146,8 +146,9 @@ def test_deleting_a_member_study_says_which_ensembles_it_breaks(tmp_path: Path) 
     members = [{"study": s, "trial": 0, "weight": 0.5} for s in ("a", "b")]
     for name in ("a", "c"):  # c's ensemble has no member from b
         on = [m for m in members if name == "a" or m["study"] == "a"]
+        record = {"members": on, "studies": sorted({m["study"] for m in on}), "size": 2}
         optuna.load_study(study_name=name, storage=url).set_user_attr(
-            "ensemble", {"members": on, "studies": sorted({m["study"] for m in on})}
+            "ensemble", record | {"val_accuracy": 0.9, "test_accuracy": 0.9}
         )
     r = cli("delete-study", "b", "--yes", env=env)
     assert r.exit_code == 0, r.stderr
@@ -156,3 +157,9 @@ def test_deleting_a_member_study_says_which_ensembles_it_breaks(tmp_path: Path) 
     _one_line_error(
         cli("export-best", "a", "--ensemble", env=env), 1, "has members from b, no longer in"
     )
+    r = cli("status", "a", env=env)
+    assert r.exit_code == 0, r.stderr
+    assert "; members from b are deleted: run `mnist-hpo ensemble a` again" in r.stdout
+    r = cli("status", "c", env=env)
+    assert r.exit_code == 0 and "ensemble: 1 trial of a (size 2)" in r.stdout, r.stderr
+    assert "are deleted" not in r.stdout

@@ -150,7 +150,9 @@ def print_status(url: str, name: str) -> None:
         typer.echo(line)
     from mnist_hpo.search.kept import status_line as kept_line
 
-    if ensemble_line := kept_line(study):
+    with reading():
+        ensemble_line = kept_line(study, lambda: open_at(url, read_only=True))
+    if ensemble_line:
         typer.echo(ensemble_line)
     for t, reason in summary.given_up[:MAX_GIVEN_UP_SHOWN]:  # failed, not retried
         typer.echo(f"given up: trial {t.number}: {reason}")

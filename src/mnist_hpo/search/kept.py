@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,15 +202,25 @@ def ensembles_using(storage: BaseStorage, name: str) -> list[str]:
     )
 
 
-def status_line(study: optuna.Study) -> str | None:
-    """`status`'s line about the study's ensemble, or None."""
+def status_line(study: optuna.Study, storage: Callable[[], BaseStorage]) -> str | None:
+    """`status`'s line about the study's ensemble, or None; it says when members came from a
+    study deleted since (`storage()` is opened for the studies' names only when the ensemble has
+    members from other studies)."""
     e = recorded_ensemble(study)
     if e is None:
         return None
     single = (e.get("best_single") or {}).get("test_accuracy")
     n, of = len(e["members"]), ", ".join(e["studies"])
-    return (
+    line = (
         f"ensemble: {n} trial{'' if n == 1 else 's'} of {of} (size {e['size']}), "
         f"validation {100 * e['val_accuracy']:.2f}%, test {100 * e['test_accuracy']:.2f}% "
         f"(best single trial's test {'-' if single is None else f'{100 * single:.2f}%'})"
     )
+    others = member_studies(e) - {study.study_name}
+    gone = sorted(others - {s.study_name for s in storage().get_all_studies()}) if others else []
+    if gone:
+        line += (
+            f"; members from {', '.join(gone)} are deleted: run `mnist-hpo ensemble "
+            f"{study.study_name}` again"
+        )
+    return line
