@@ -78,6 +78,9 @@ def test_ensemble_is_recorded_and_exported_and_predict_reads_it(
     assert r.exit_code == 0, r.stderr
     loaded = model_file.load_model(out)
     assert len(loaded.meta["members"]) == len(chosen["members"])
+    wrong = copy | {"MNIST_HPO_ARTIFACTS": str(tmp_path / "elsewhere")}
+    r = cli("export-best", name, "--ensemble", "-o", str(tmp_path / "x.safetensors"), env=wrong)
+    _one_line_error(r, 1, "an ensemble member, kept its weights, but they are not in")
     # The file's members and weights give the ensemble's validation accuracy the selection
     # measured (on float16 probabilities: at most an image or two apart on 1,000).
     assert abs(loaded.meta["validation_accuracy"] - chosen["val_accuracy"]) <= 0.002

@@ -90,6 +90,26 @@ def test_export_copies_the_kept_weights_and_scores_the_recorded_validation_exact
     assert done.meta["test_accuracy"] == done.meta["recorded"]["test_accuracy"]
 
 
+def test_export_from_the_wrong_store_says_so_before_it_retrains(
+    finished_study: tuple[str, str], mnist_dir: Path, tmp_path: Path
+) -> None:
+    """A forgotten --artifacts is the usual reason kept weights are not found: the retrain
+    (minutes for a cnn) is announced as that, not as "kept no weights"."""
+    url, name = finished_study
+    said: list[str] = []
+    elsewhere = str(tmp_path / "elsewhere")
+    done = export.export_best(
+        url,
+        name,
+        tmp_path / "m.safetensors",
+        data_dir=mnist_dir,
+        artifacts=elsewhere,
+        message=said.append,
+    )
+    assert f"kept its weights, but they are not in {elsewhere}" in said[0]
+    assert done.meta["weights_from"].startswith("retrained") and done.reproduced
+
+
 def test_a_crash_retried_trial_keeps_exactly_one_set(tmp_path: Path, mnist_dir: Path) -> None:
     from mnist_hpo.fleet import worker
 

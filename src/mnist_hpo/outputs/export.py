@@ -37,6 +37,7 @@ from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import build_trial, trial_seed
 from mnist_hpo.search.kept import Kept, member_studies, recorded_ensemble
+from mnist_hpo.search.kept import of as kept_of
 from mnist_hpo.search.spec import StudySpec
 
 Message = Callable[[str], None]
@@ -81,20 +82,31 @@ def retrain(
 
 
 def _retrain(
-    spec: StudySpec, trial: FrozenTrial, split: Data, threads: int | None, message: Message
+    spec: StudySpec,
+    trial: FrozenTrial,
+    split: Data,
+    threads: int | None,
+    message: Message,
+    missing_from: str | None = None,
 ) -> tuple[nn.Module, str]:
     """Retrain a trial without kept weights with its worker's threads and precision (another
-    thread count sums in another order: 2 threads did not reproduce a 1-thread deep_mlp)."""
+    thread count sums in another order: 2 threads did not reproduce a 1-thread deep_mlp).
+    `missing_from`: the store its recorded weights are not in (most often: the wrong store)."""
     recorded = trial.user_attrs.get("threads")
     how = "--threads" if threads else "as its worker did" if recorded else "torch's default"
     count = threads or recorded
     if count:
         torch.set_num_threads(int(count))
     precision = trial.user_attrs.get("precision", "fp32")
+    why = (
+        f"kept its weights, but they are not in {missing_from} (to copy them instead, stop "
+        "here and point --artifacts (MNIST_HPO_ARTIFACTS) at the workers' store)"
+        if missing_from
+        else "kept no weights (a study from before keeping, or past its keep_weights cap)"
+    )
     message(
-        f"trial {trial.number} kept no weights (a study from before keeping, or past its "
-        f"keep_weights cap): retraining it with {torch.get_num_threads()} thread(s) ({how}) "
-        f"in {precision}"
+        f"trial {trial.number} {why}: retraining it with {torch.get_num_threads()} thread(s) "
+        f"({how}) in {precision}"
     )
     model = retrain(spec, trial, split, message)
     return model, f"retrained on {split.device} from the trial's recorded params and seed"
@@ -158,12 +170,13 @@ def export_best(
     split = data_mod.split(
         raw, validation_size=spec.validation_size, train_size=spec.train_size, device=run_on
     )
-    source = "the trial's final checkpoint"
+    source, missing = "the trial's final checkpoint", None
     if weights is None and artifacts is not None:
         weights = Kept(open_store(artifacts), artifacts).weights(trial)
         source = "the trial's kept weights (copied, not retrained)"
+        missing = artifacts if weights is None and _recorded_weights(trial) else None
     if weights is None:
-        model, source = _retrain(spec, trial, split, threads, message)
+        model, source = _retrain(spec, trial, split, threads, message, missing)
     else:
         model = model_file.rebuild(spec, trial.params, run_on)
         model.load_state_dict(dict(weights))
@@ -280,6 +293,12 @@ def export_ensemble(
     return Exported(out, meta)
 
 
+def _recorded_weights(trial: FrozenTrial) -> bool:
+    """Whether the trial recorded keeping its weights (so their absence is the store's)."""
+    record = kept_of(trial)
+    return bool(record and record.get("weights"))
+
+
 def _member(
     storage: Any, kept: Kept, raw: data_mod.RawData, m: Mapping[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -288,6 +307,12 @@ def _member(
     study_mod.check_family(study, spec)
     trial = study.get_trials(deepcopy=False)[int(m["trial"])]
     weights = kept.weights(trial)
+    if weights is None and _recorded_weights(trial):
+        raise HpoError(
+            f"trial {trial.number} of {m['study']!r}, an ensemble member, kept its weights, "
+            f"but they are not in {kept.location}; point --artifacts (MNIST_HPO_ARTIFACTS) at "
+            "the workers' store"
+        )
     if weights is None:
         raise HpoError(
             f"trial {trial.number} of {m['study']!r}, an ensemble member, kept no weights (its "
