@@ -36,7 +36,7 @@ from mnist_hpo.resilience.artifacts import open_store
 from mnist_hpo.resilience.storage import open_storage
 from mnist_hpo.search import study as study_mod
 from mnist_hpo.search.build import build_trial, trial_seed
-from mnist_hpo.search.kept import Kept, member_studies, recorded_ensemble
+from mnist_hpo.search.kept import Kept, deleted_members, recorded_ensemble
 from mnist_hpo.search.kept import of as kept_of
 from mnist_hpo.search.spec import StudySpec
 
@@ -250,8 +250,7 @@ def export_ensemble(
             f"study {study_name!r} has no ensemble recorded; run `mnist-hpo ensemble "
             f"{study_name}` first"
         )
-    gone = sorted(member_studies(chosen) - set(optuna.get_all_study_names(storage)))
-    if gone:
+    if gone := deleted_members(chosen, study_name, lambda: storage):
         raise HpoError(
             f"the ensemble recorded on {study_name!r} has members from {', '.join(gone)}, no "
             f"longer in the storage; run `mnist-hpo ensemble {study_name}` again to choose "

@@ -202,10 +202,20 @@ def ensembles_using(storage: BaseStorage, name: str) -> list[str]:
     )
 
 
+def deleted_members(
+    recorded: dict[str, Any], own: str, storage: Callable[[], BaseStorage]
+) -> list[str]:
+    """The studies a recorded ensemble (on study `own`) has members from that the storage no
+    longer holds; `storage()` is opened only when members come from other studies."""
+    others = member_studies(recorded) - {own}
+    if not others:
+        return []
+    return sorted(others - {s.study_name for s in storage().get_all_studies()})
+
+
 def status_line(study: optuna.Study, storage: Callable[[], BaseStorage]) -> str | None:
     """`status`'s line about the study's ensemble, or None; it says when members came from a
-    study deleted since (`storage()` is opened for the studies' names only when the ensemble has
-    members from other studies)."""
+    study deleted since."""
     e = recorded_ensemble(study)
     if e is None:
         return None
@@ -216,9 +226,7 @@ def status_line(study: optuna.Study, storage: Callable[[], BaseStorage]) -> str 
         f"validation {100 * e['val_accuracy']:.2f}%, test {100 * e['test_accuracy']:.2f}% "
         f"(best single trial's test {'-' if single is None else f'{100 * single:.2f}%'})"
     )
-    others = member_studies(e) - {study.study_name}
-    gone = sorted(others - {s.study_name for s in storage().get_all_studies()}) if others else []
-    if gone:
+    if gone := deleted_members(e, study.study_name, storage):
         line += (
             f"; members from {', '.join(gone)} are deleted: run `mnist-hpo ensemble "
             f"{study.study_name}` again"
